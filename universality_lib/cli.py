@@ -1,0 +1,79 @@
+"""Command line: ``python -m universality_lib {train,book,info}``.
+
+* ``train --preset P [--models T T2 M] [--device cuda] [--max-steps N]``: train a preset's zoo (resumable).
+* ``book --preset P [--out build] [--chapters ...] [--no-html]``: execute every chapter with papermill,
+  then build the HTML book.
+* ``info --preset P``: the preset, its corpus manifest and its zoo.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import presets
+from .errors import UniversalityError
+
+
+def _preset_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=presets.DEFAULT, help=f"one of {', '.join(presets.NAMES)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m universality_lib", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a preset's models (resumable)")
+    _preset_arg(t)
+    t.add_argument("--models", nargs="*", default=None, help="zoo names (default: all)")
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after N steps this sitting")
+    t.add_argument("--work-dir", default=None, help="where resumable checkpoints go")
+
+    b = sub.add_parser("book", help="execute every chapter with papermill and build the HTML book")
+    _preset_arg(b)
+    b.add_argument("--out", default="build")
+    b.add_argument("--chapters", nargs="*", default=None)
+    b.add_argument("--no-html", action="store_true")
+    b.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+
+    i = sub.add_parser("info", help="show a preset, its corpus and its zoo")
+    _preset_arg(i)
+
+    args = ap.parse_args(argv)
+    try:
+        preset = presets.get(args.preset)
+        if args.cmd == "train":
+            from pathlib import Path
+
+            from . import zoo
+
+            models = args.models or zoo.names(preset)
+            for name in models:
+                zoo.spec(preset, name)
+            for name in models:
+                work = Path(args.work_dir) / name if args.work_dir else None
+                dest = zoo.train_model(preset, name, device=args.device, work_dir=work,
+                                       max_steps=args.max_steps)
+                print(f"[train] {name}: {dest if dest else 'not finished (resumable)'}")
+            if preset.shipped:
+                zoo.ship_tokenizer(preset)
+        elif args.cmd == "book":
+            from .book import build_book
+
+            index = build_book(preset=preset.name, out=args.out, chapters=args.chapters,
+                               html=not args.no_html, timeout=args.timeout)
+            print(f"[book] {index}")
+        elif args.cmd == "info":
+            from . import corpus, zoo
+
+            out = {"preset": preset.to_dict()}
+            if not preset.needs_internet:
+                out["corpus"] = corpus.manifest(preset)
+                out["zoo"] = {n: str(zoo.model_dir(preset, n)) for n in zoo.names(preset)}
+            print(json.dumps(out, indent=2, default=str))
+    except UniversalityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,356 @@
+"""Corpus, tokenizer and the one aligned token stream that every model consumes.
+
+Offline default corpus: the Python standard library source of the running interpreter.
+
+* Files: every ``*.py`` under ``sysconfig.get_paths()["stdlib"]`` that decodes as UTF-8, in sorted
+  path order, **test folders included** (they are ordinary Python and add about a third of the text);
+  ``site-packages``, ``__pycache__`` and the machine-specific ``_sysconfigdata_*`` files are left out.
+* Splits: a document (one file) goes to ``lm_train``, ``sae_train`` or ``eval`` by a stable hash of its
+  path relative to the stdlib root, so the splits are disjoint and identical on every machine with the
+  same Python version.
+* A manifest (file count, bytes, sha256 of the paths and contents) is saved next to anything trained on
+  it. Another Python version has a slightly different standard library: the shipped tokenizer and models
+  still work, the manifest just differs (``compare_manifest`` says how).
+
+Tokenizer: one byte-level BPE (HF ``tokenizers``), a single special token ``<|endoftext|>`` that is BOS,
+EOS and PAD at once, trained on ``lm_train`` and saved as a ``PreTrainedTokenizerFast`` folder, which
+TransformerLens can reload.
+
+Token stream: each split is tokenized once into one 1-D array ``[EOT] doc0 [EOT] doc1 ...`` and cached
+with its sha256. Rows handed to models are ``[BOS] + (context - 1)`` consecutive stream tokens, so token
+``k`` of a row means the same thing for every architecture. Activations of two models may only be
+compared on streams whose hashes are equal (``check_same_stream``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import cache
+from .errors import OfflineError, StreamMismatchError, UniversalityError
+from .presets import Preset, get as get_preset
+
+EOT = "<|endoftext|>"
+SPLITS = ("lm_train", "sae_train", "eval")
+
+
+# ----------------------------------------------------------------------------- documents
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _split_of(relpath: str, splits) -> str:
+    u = int(hashlib.sha256(relpath.encode()).hexdigest()[:8], 16) / 16**8  # stable in [0, 1)
+    acc = 0.0
+    for name, frac in splits:
+        acc += frac
+        if u < acc:
+            return name
+    return splits[-1][0]
+
+
+def stdlib_documents(include_tests: bool = True, max_files: int | None = None) -> dict[str, str]:
+    """``{relative path: text}`` of the standard library sources, sorted by path."""
+    root = stdlib_root()
+    docs: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "__pycache__")
+                             and not d.startswith("config-")
+                             and (include_tests or d not in ("test", "tests", "idle_test")))
+        for fn in sorted(filenames):
+            if not fn.endswith(".py") or fn.startswith("_sysconfigdata"):
+                continue
+            path = Path(dirpath) / fn
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue  # a handful of test files are deliberately not UTF-8
+            docs[path.relative_to(root).as_posix()] = text
+    docs = dict(sorted(docs.items()))
+    if max_files is not None:  # a spread-out, deterministic subset (by path hash), kept in path order
+        keep = sorted(docs, key=lambda p: hashlib.sha256(b"subset:" + p.encode()).hexdigest())[:max_files]
+        docs = {p: docs[p] for p in sorted(keep)}
+    return docs
+
+
+def hub_documents(name: str, split: str = "train", text_column: str = "text",
+                  max_docs: int | None = None) -> dict[str, str]:
+    """Documents of a Hugging Face dataset (streamed). Offline gives one clear ``OfflineError``."""
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, split=split, streaming=True)
+        docs = {}
+        for i, row in enumerate(ds):
+            if max_docs is not None and i >= max_docs:
+                break
+            docs[f"{name}/{i:08d}"] = row[text_column]
+        return docs
+    except Exception as e:  # datasets raises many different types when offline
+        if _looks_offline(e):
+            raise OfflineError(f"dataset {name!r} needs the Hugging Face hub and this machine is offline: "
+                               f"use preset 'tiny' (offline) or run with internet access.") from e
+        raise
+
+
+def _looks_offline(e: BaseException) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    keys = ("offline", "connect", "resolve", "network", "max retries", "couldn't reach", "timed out",
+            "name or service", "temporary failure", "localentrynotfound", "hf_hub_offline")
+    return any(k in text for k in keys) or (e.__cause__ is not None and _looks_offline(e.__cause__))
+
+
+def documents(preset: "str | Preset", split: str | None = None) -> dict[str, str]:
+    """The documents of a preset's corpus, optionally only one split."""
+    p = get_preset(preset)
+    c = p.corpus
+    if split is not None and split not in SPLITS:
+        raise UniversalityError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    if c.source == "stdlib":
+        docs = stdlib_documents(c.include_tests, c.max_files)
+    else:
+        docs = hub_documents(c.source, c.dataset_split, c.text_column, max_docs=c.max_files)
+    if split is None:
+        return docs
+    return {k: v for k, v in docs.items() if _split_of(k, c.splits) == split}
+
+
+def manifest(preset: "str | Preset") -> dict:
+    """File count, bytes and content hash of the corpus and of each split."""
+    p = get_preset(preset)
+    docs = documents(p)
+    out = {"source": p.corpus.source, "python": platform.python_version(),
+           "include_tests": p.corpus.include_tests, "max_files": p.corpus.max_files,
+           "splits": {}}
+    total = hashlib.sha256()
+    per = {s: hashlib.sha256() for s in SPLITS}
+    counts = {s: [0, 0] for s in SPLITS}
+    for path, text in docs.items():
+        blob = path.encode() + b"\0" + text.encode() + b"\0"
+        total.update(blob)
+        s = _split_of(path, p.corpus.splits)
+        per[s].update(blob)
+        counts[s][0] += 1
+        counts[s][1] += len(text.encode())
+    out["files"] = len(docs)
+    out["bytes"] = sum(c[1] for c in counts.values())
+    out["sha256"] = total.hexdigest()
+    for s in SPLITS:
+        out["splits"][s] = {"files": counts[s][0], "bytes": counts[s][1], "sha256": per[s].hexdigest()}
+    return out
+
+
+def compare_manifest(recorded: dict, current: dict) -> list[str]:
+    """Human-readable differences between a recorded corpus manifest and the current one."""
+    diffs = []
+    for key in ("source", "files", "bytes", "sha256", "python"):
+        if recorded.get(key) != current.get(key):
+            diffs.append(f"{key}: recorded {recorded.get(key)!r}, here {current.get(key)!r}")
+    return diffs
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def train_tokenizer(texts, vocab_size: int, folder: str | Path):
+    """Train a byte-level BPE on ``texts`` and save it as a reloadable PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT,
+                                   pad_token=EOT, unk_token=EOT)
+    fast.save_pretrained(str(folder))
+    return load_tokenizer_folder(folder)
+
+
+def load_tokenizer_folder(folder: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """A hash of the vocabulary and merges: two tokenizers with equal hashes tokenize alike."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def tokenizer_folder(preset: "str | Preset") -> Path:
+    """Folder of the preset's tokenizer: shipped (tiny), cached (smoke, trained on demand) or hub (paper)."""
+    p = get_preset(preset)
+    if p.corpus.tokenizer is not None:
+        return _hub_tokenizer_folder(p.corpus.tokenizer)
+    if p.shipped:
+        from .zoo import shipped_dir  # lazy: zoo imports corpus
+
+        shipped = shipped_dir(p) / "tokenizer"
+        if (shipped / cache.MANIFEST).exists():
+            cache.verify_manifest(shipped)
+            return shipped
+    key = cache.stable_hash({"corpus": manifest(p)["splits"]["lm_train"]["sha256"],
+                             "vocab": p.corpus.vocab_size, "v": 1})
+
+    def build(tmp: Path) -> None:
+        docs = documents(p, "lm_train")
+        train_tokenizer(docs.values(), p.corpus.vocab_size, tmp)
+
+    return cache.cached_folder("tokenizer", key, build)
+
+
+def _hub_tokenizer_folder(name: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.model"]))
+    except Exception as e:
+        if _looks_offline(e) or os.environ.get("HF_HUB_OFFLINE"):
+            raise OfflineError(f"tokenizer {name!r} needs the Hugging Face hub and this machine is offline: "
+                               f"use preset 'tiny' (offline) or run with internet access.") from e
+        raise
+
+
+def load_tokenizer(preset: "str | Preset" = "tiny"):
+    """The one tokenizer shared by every model of a preset."""
+    return load_tokenizer_folder(tokenizer_folder(preset))
+
+
+# ----------------------------------------------------------------------------- token stream
+@dataclass
+class TokenStream:
+    """One split tokenized into a single 1-D array, with the hash that identifies it."""
+
+    tokens: np.ndarray  # [n_tokens] int32
+    split: str
+    sha256: str
+    bos_id: int
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def rows(self, context: int, n_rows: int | None = None, start: int = 0) -> torch.Tensor:
+        """Consecutive, non-overlapping rows ``[BOS] + context-1 tokens``: LongTensor [n_rows, context]."""
+        body = context - 1
+        available = (len(self.tokens) - start) // body
+        if n_rows is None:
+            n_rows = available
+        if n_rows > available:
+            raise UniversalityError(f"the {self.split} stream has {len(self.tokens):,} tokens: not enough for "
+                                    f"{n_rows} rows of {context} (from token {start:,}); ask for fewer.")
+        chunk = self.tokens[start:start + n_rows * body].reshape(n_rows, body)
+        out = np.empty((n_rows, context), dtype=np.int64)
+        out[:, 0] = self.bos_id
+        out[:, 1:] = chunk
+        return torch.from_numpy(out)
+
+    def row_hash(self, context: int, n_rows: int, start: int = 0) -> str:
+        """Hash of exactly the tokens ``rows(context, n_rows, start)`` returns (for aligned comparisons)."""
+        t = self.rows(context, n_rows, start).numpy()
+        return hashlib.sha256(t.tobytes()).hexdigest()[:16]
+
+
+def token_stream(preset: "str | Preset", split: str = "eval", tokenizer=None) -> TokenStream:
+    """The preset's split, tokenized with the preset's tokenizer, cached and verified."""
+    p = get_preset(preset)
+    if split not in SPLITS:
+        raise UniversalityError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    tok = tokenizer if tokenizer is not None else load_tokenizer(p)
+    m = manifest(p) if p.corpus.source == "stdlib" else {"splits": {split: {"sha256": p.corpus.source}}}
+    key = cache.stable_hash({"split": m["splits"][split]["sha256"], "tok": tokenizer_hash(tok), "v": 1})
+
+    def build(tmp: Path) -> None:
+        docs = documents(p, split)
+        eot = tok.convert_tokens_to_ids(EOT)
+        ids: list[int] = []
+        texts = list(docs.values())
+        for i in range(0, len(texts), 256):
+            for enc in tok(texts[i:i + 256], add_special_tokens=False)["input_ids"]:
+                ids.append(eot)
+                ids.extend(enc)
+        arr = np.asarray(ids, dtype=np.int32)
+        np.save(tmp / "tokens.npy", arr)
+        cache.atomic_write_json(tmp / "info.json", {"split": split, "n_tokens": len(arr),
+                                                    "tokenizer": tokenizer_hash(tok)})
+
+    folder = cache.cached_folder("tokens", key, build)
+    arr = np.load(folder / "tokens.npy")
+    return TokenStream(tokens=arr, split=split, sha256=hashlib.sha256(arr.tobytes()).hexdigest()[:16],
+                       bos_id=tok.bos_token_id)
+
+
+def check_same_stream(a: str, b: str, what: str = "activations") -> None:
+    """Refuse to compare two things computed on token streams with different hashes."""
+    if a != b:
+        raise StreamMismatchError(
+            f"the two {what} come from different token streams (hash {a} vs {b}): token k must be the same "
+            f"token for both models. Collect both from the same corpus split, tokenizer and row layout."
+        )
+
+
+def frequent_tokens(stream: TokenStream, k: int = 1000, exclude: tuple[int, ...] = ()) -> torch.Tensor:
+    """The ``k`` most frequent token ids of a stream (special ids excluded): the induction task's vocabulary."""
+    counts = np.bincount(stream.tokens, minlength=int(stream.tokens.max()) + 1)
+    for i in set(exclude) | {stream.bos_id}:
+        if i < len(counts):
+            counts[i] = -1
+    order = np.argsort(-counts, kind="stable")[:k]
+    return torch.from_numpy(order[counts[order] > 0].astype(np.int64))
+
+
+def describe(preset: "str | Preset") -> dict:
+    """A small summary for chapter 1: manifest, vocabulary, stream sizes."""
+    p = get_preset(preset)
+    tok = load_tokenizer(p)
+    out = {"manifest": manifest(p), "vocab_size": len(tok), "python": sys.version.split()[0]}
+    out["tokens"] = {s: len(token_stream(p, s, tok)) for s in SPLITS}
+    return out
+
+
+def save_manifest(preset: "str | Preset", folder: str | Path) -> dict:
+    m = manifest(preset)
+    cache.atomic_write_json(Path(folder) / "corpus_manifest.json", m)
+    return m
+
+
+def load_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def iter_batches(stream: TokenStream, batch_size: int, context: int, seed: int,
+                 start_step: int = 0) -> Iterator[torch.Tensor]:
+    """Endless shuffled batches [batch_size, context] of stream rows; epoch e uses permutation seed+e.
+
+    The order is a pure function of (stream, batch_size, context, seed): resuming at ``start_step``
+    yields exactly the batches an uninterrupted run would have seen.
+    """
+    body = context - 1
+    n_rows = len(stream) // body
+    if n_rows < batch_size:
+        raise UniversalityError(f"the {stream.split} stream ({len(stream):,} tokens) is too small for a batch "
+                                f"of {batch_size} x {context}.")
+    per_epoch = n_rows // batch_size
+    step, perm_epoch, perm = start_step, None, None
+    while True:
+        epoch, i = divmod(step, per_epoch)
+        if epoch != perm_epoch:
+            perm_epoch, perm = epoch, np.random.default_rng(seed + epoch).permutation(n_rows)
+        idx = perm[i * batch_size:(i + 1) * batch_size]
+        starts = idx * body
+        out = np.empty((batch_size, context), dtype=np.int64)
+        out[:, 0] = stream.bos_id
+        out[:, 1:] = stream.tokens[starts[:, None] + np.arange(body)[None, :]]
+        yield torch.from_numpy(out)
+        step += 1

@@ -1,0 +1,72 @@
+"""The induction check: loss on a repeated sequence of random tokens (the paper's own task).
+
+A model that does induction predicts the second copy of a random sequence from the first, so its
+loss on the repeat falls far below its loss on the first copy (which is at chance level: random tokens
+cannot be predicted). The zoo criterion: mean repeat loss <= half the first-copy loss.
+
+Shapes: ``n`` sequences, ``S`` tokens per copy, rows ``[BOS] x_1..x_S x_1..x_S`` of length ``2S + 1``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+def repeated_random_tokens(vocab: torch.Tensor, n: int, seq_len: int, bos_id: int,
+                           seed: int = 0) -> torch.Tensor:
+    """LongTensor [n, 2*seq_len + 1]: BOS, then ``seq_len`` tokens drawn from ``vocab``, repeated."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(vocab), (n, seq_len), generator=g)
+    first = vocab[idx]  # [n, S]
+    bos = torch.full((n, 1), bos_id, dtype=torch.long)
+    return torch.cat([bos, first, first], dim=1)
+
+
+def repeated_text_tokens(stream_tokens: torch.Tensor, n: int, seq_len: int, bos_id: int,
+                         seed: int = 0) -> torch.Tensor:
+    """Like ``repeated_random_tokens`` but each copy is a real snippet of natural text."""
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(stream_tokens) - seq_len, (n,), generator=g)
+    first = torch.stack([stream_tokens[s:s + seq_len] for s in starts.tolist()]).long()
+    bos = torch.full((n, 1), bos_id, dtype=torch.long)
+    return torch.cat([bos, first, first], dim=1)
+
+
+def per_position_loss(model, tokens: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Next-token loss at every position: FloatTensor [n, L-1] (position i predicts token i+1)."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(tokens), batch_size):
+            batch = tokens[i:i + batch_size].to(_device(model))
+            logits = model(batch, return_type="logits").float()  # [b, L, V]
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            out.append(-logp.gather(-1, batch[:, 1:, None])[..., 0].cpu())
+    return torch.cat(out)
+
+
+@dataclass
+class InductionCheck:
+    first_copy_loss: float  # mean loss predicting tokens 2..S of the first copy
+    repeat_loss: float  # mean loss predicting tokens 2..S of the second copy
+    ratio: float  # repeat / first: <= 0.5 passes
+    passed: bool
+    per_position: list[float]  # mean loss per position, for plotting
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def induction_check(model, tokens: torch.Tensor, threshold: float = 0.5) -> InductionCheck:
+    """Compare the loss on the first copy with the loss on the repeat (rows from the helpers above)."""
+    S = (tokens.shape[1] - 1) // 2
+    loss = per_position_loss(model, tokens)  # [n, 2S]; column j predicts token j+1
+    # skip the first token of each copy: the first is unpredictable, the repeat's first is ambiguous
+    first = loss[:, 1:S].mean().item()
+    repeat = loss[:, S + 1:2 * S].mean().item()
+    ratio = repeat / first
+    return InductionCheck(first, repeat, ratio, ratio <= threshold, loss.mean(0).tolist())
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device

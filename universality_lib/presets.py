@@ -1,0 +1,196 @@
+"""Presets: every size, budget and model name of the book in one place.
+
+A preset is data, not a code path: chapters read sizes, budgets and names from it, so ``smoke``,
+``tiny`` and ``paper`` run the same cells.
+
+==========  ==============================================================================
+``smoke``   CI: every notebook end to end in minutes on 2 CPU cores. Trains minute-sized models
+            on a slice of the corpus; its numbers mean nothing scientifically.
+``tiny``    The default: the real reproduction on CPU with the small Transformer and Mamba this
+            project trains on the Python standard library and ships in the repository.
+``paper``   Pythia-160M + Mamba-130M from the Hugging Face hub (GPU and internet, e.g. Colab).
+==========  ==============================================================================
+
+Glossary: ``L`` layers, ``D`` d_model, ``E`` d_inner (= expand * D), ``N`` d_state, ``V`` vocab.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import UniversalityError
+
+NAMES = ("smoke", "tiny", "paper")
+DEFAULT = "tiny"
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Where text comes from and how it is split and tokenized."""
+
+    source: str = "stdlib"  # "stdlib" (offline) or a `datasets` name such as "NeelNanda/pile-10k"
+    max_files: int | None = None  # cap on source files (smoke); None = all
+    include_tests: bool = True  # stdlib `test/` folders are part of the corpus
+    vocab_size: int = 4096  # BPE vocabulary, incl. the single special token
+    tokenizer: str | None = None  # hub tokenizer name (paper); None = train our own BPE
+    # fractions of documents (by a stable hash of the path) in each split
+    splits: tuple[tuple[str, float], ...] = (("lm_train", 0.8), ("sae_train", 0.1), ("eval", 0.1))
+    dataset_split: str = "train"  # for hub datasets
+    text_column: str = "text"
+    sae_source: str | None = None  # hub dataset for SAEs (paper: a Pile subset)
+    mppc_source: str | None = None  # hub dataset for MPPC (paper: OpenWebText sample)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Pythia-style GPT-NeoX block: parallel attention + MLP, rotary, LayerNorm, untied unembedding."""
+
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+    n_ctx: int = 256
+    rotary_pct: float = 0.25  # Pythia rotates a quarter of each head's dims
+    hub_name: str | None = None  # paper: "EleutherAI/pythia-160m"
+
+
+@dataclass(frozen=True)
+class MambaSize:
+    """Mamba-1 sizes (see models/mamba.py for the block)."""
+
+    n_layers: int = 8
+    d_model: int = 128
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    tie_embeddings: bool = False
+    hub_name: str | None = None  # paper: "state-spaces/mamba-130m"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One loop for both families (train.py)."""
+
+    tokens: int = 20_000_000
+    batch_size: int = 32
+    context: int = 256
+    lr: float = 2e-3
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    log_every: int = 50
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    # disclosed curriculum: fraction of rows that carry a random-token span placed twice
+    repeat_frac: float = 0.0
+    repeat_span: int = 32
+    data_seed: int = 1234
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    mamba: MambaSize = field(default_factory=MambaSize)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # the model zoo: name -> (family, seed); T2 is the model-seed skyline, M0 the untrained baseline
+    zoo: tuple[tuple[str, str, int], ...] = (
+        ("T", "transformer", 0),
+        ("T2", "transformer", 1),
+        ("M", "mamba", 0),
+    )
+    shipped: bool = False  # checkpoints live in the repository (tiny) rather than a cache or the hub
+    needs_internet: bool = False
+    eval_tokens: int = 100_000  # tokens of `eval` used for quick evaluations
+
+    def replace(self, **changes) -> "Preset":
+        """A copy with top-level fields replaced (nested configs: pass whole objects)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SMOKE = Preset(
+    name="smoke",
+    description="CI: minute-sized models on a slice of the standard library, every chapter in minutes.",
+    corpus=CorpusConfig(max_files=120, vocab_size=512),
+    transformer=TransformerConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=128, n_ctx=64),
+    mamba=MambaSize(n_layers=4, d_model=32),
+    train=TrainConfig(tokens=60_000, batch_size=8, context=64, lr=3e-3, warmup_steps=10,
+                      log_every=10, eval_every=50, checkpoint_every=50, repeat_frac=0.5, repeat_span=16),
+    eval_tokens=5_000,
+)
+
+_TINY = Preset(
+    name="tiny",
+    description="The default: small Pythia-style Transformer and Mamba trained here on the Python "
+    "standard library, shipped in the repository.",
+    corpus=CorpusConfig(),
+    transformer=TransformerConfig(),
+    mamba=MambaSize(),
+    train=TrainConfig(repeat_frac=0.5),
+    shipped=True,
+)
+
+_PAPER = Preset(
+    name="paper",
+    description="The paper's models: Pythia-160M and Mamba-130M from the Hugging Face hub (GPU + internet).",
+    corpus=CorpusConfig(
+        source="NeelNanda/pile-10k",
+        tokenizer="EleutherAI/gpt-neox-20b",
+        vocab_size=50277,
+        sae_source="NeelNanda/pile-10k",
+        mppc_source="Skylion007/openwebtext",
+    ),
+    transformer=TransformerConfig(n_layers=12, d_model=768, n_heads=12, d_mlp=3072, n_ctx=2048,
+                                  hub_name="EleutherAI/pythia-160m"),
+    mamba=MambaSize(n_layers=24, d_model=768, tie_embeddings=True, hub_name="state-spaces/mamba-130m"),
+    zoo=(
+        ("T", "transformer", 0),
+        ("T2", "transformer", 1),  # EleutherAI/pythia-160m-seed1
+        ("M", "mamba", 0),
+    ),
+    needs_internet=True,
+    eval_tokens=1_000_000,
+)
+
+_PRESETS = {p.name: p for p in (_SMOKE, _TINY, _PAPER)}
+
+# hub names of the paper preset's zoo (T2 is Pythia's second pretraining seed)
+PAPER_HUB_NAMES = {
+    "T": "EleutherAI/pythia-160m",
+    "T2": "EleutherAI/pythia-160m-seed1",
+    "M": "state-spaces/mamba-130m",
+}
+
+
+def get(name: "str | Preset" = DEFAULT) -> Preset:
+    """The preset called ``name`` (a Preset passes through). Unknown names raise one clear error."""
+    if isinstance(name, Preset):
+        return name
+    if not isinstance(name, str) or name not in _PRESETS:
+        raise UniversalityError(
+            f"unknown preset {name!r}: choose one of {', '.join(NAMES)} "
+            f"(smoke = CI check in minutes, tiny = the CPU reproduction, paper = Pythia-160M/Mamba-130M on a GPU)"
+        )
+    return _PRESETS[name]
+
+
+def table() -> list[dict]:
+    """One row per preset, for the README and the book."""
+    rows = []
+    for p in _PRESETS.values():
+        rows.append({
+            "preset": p.name,
+            "transformer": f"{p.transformer.n_layers}L d{p.transformer.d_model}",
+            "mamba": f"{p.mamba.n_layers}L d{p.mamba.d_model}",
+            "corpus": p.corpus.source if p.corpus.max_files is None
+            else f"{p.corpus.source} ({p.corpus.max_files} files)",
+            "what for": p.description,
+        })
+    return rows

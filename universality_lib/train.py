@@ -1,0 +1,188 @@
+"""One training loop for both families (nanoGPT-style, a few hundred lines).
+
+AdamW with linear warmup then cosine decay to ``min_lr_frac * lr``, gradient clipping, bf16 autocast
+on a GPU, a tqdm bar, a JSONL loss log, and checkpoints every ``checkpoint_every`` steps that a later
+run resumes from exactly: the data order is a pure function of (stream, batch, context, seed, step),
+so a resumed run sees the same batches an uninterrupted one would have.
+
+Curriculum (disclosed in the book): with ``repeat_frac > 0``, that fraction of the rows of every batch
+gets a span of ``repeat_span`` random tokens (drawn from the corpus' frequent tokens) placed twice at
+random offsets; the rest of the row stays natural text. This gives small models enough repeated
+structure to form induction circuits in a CPU budget (see the zoo chapter for what was tried).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import cache
+from .corpus import TokenStream, iter_batches
+from .errors import UniversalityError
+from .presets import TrainConfig
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine from ``lr`` down to ``min_lr_frac * lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    floor = cfg.lr * cfg.min_lr_frac
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def add_repeats(batch: torch.Tensor, cfg: TrainConfig, vocab: torch.Tensor, step: int) -> torch.Tensor:
+    """Place a random span twice in ``repeat_frac`` of the rows (deterministic in ``step``)."""
+    if cfg.repeat_frac <= 0:
+        return batch
+    B, T = batch.shape
+    S = cfg.repeat_span
+    if 2 * S + 1 > T:
+        raise UniversalityError(f"repeat_span {S} is too long for context {T}: need 2*span+1 <= context")
+    g = torch.Generator().manual_seed(cfg.data_seed * 1_000_003 + step)
+    n = int(round(cfg.repeat_frac * B))
+    batch = batch.clone()
+    for r in range(n):
+        span = vocab[torch.randint(0, len(vocab), (S,), generator=g)]
+        a = int(torch.randint(1, T - 2 * S + 1, (1,), generator=g))  # first copy in [1, T-2S]
+        b = int(torch.randint(a + S, T - S + 1, (1,), generator=g))  # second copy after the first
+        batch[r, a:a + S] = span
+        batch[r, b:b + S] = span
+    return batch
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0
+    wall_seconds: float = 0.0
+    last_loss: float = float("nan")
+
+
+def _save_checkpoint(model, opt, state: TrainState, folder: Path, save_model) -> None:
+    """Atomically replace ``folder`` with model + optimizer + state."""
+    with cache.building(folder) as tmp:
+        save_model(model, tmp)
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        cache.atomic_write_json(tmp / "state.json", asdict(state))
+
+
+def _load_checkpoint(model, opt, folder: Path, load_weights) -> TrainState:
+    cache.verify_manifest(folder)
+    load_weights(model, folder)
+    opt.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    return TrainState(**json.loads((folder / "state.json").read_text()))
+
+
+def train(model, stream: TokenStream, cfg: TrainConfig, out_dir: str | Path, *, seed: int,
+          save_model, load_weights, repeat_vocab: torch.Tensor | None = None,
+          eval_fn=None, device: torch.device | None = None, progress: bool = True,
+          max_steps: int | None = None) -> TrainState:
+    """Train ``model`` on ``stream`` for ``cfg.tokens`` tokens, resuming from ``out_dir/checkpoint``.
+
+    ``save_model(model, folder)`` / ``load_weights(model, folder)`` are the family's own (de)serialisers.
+    ``eval_fn(model) -> dict`` is called every ``eval_every`` steps and logged. ``max_steps`` stops early
+    (a sitting of a longer resumable run). Returns the final state; the log is ``out_dir/log.jsonl``.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = device or default_device()
+    model.to(device).train()
+    total = max(1, cfg.tokens // (cfg.batch_size * cfg.context))
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "embed" not in name.lower() else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
+    ckpt = out_dir / "checkpoint"
+    state = TrainState()
+    if ckpt.exists():
+        state = _load_checkpoint(model, opt, ckpt, load_weights)
+        model.to(device)
+        print(f"[train] resuming from step {state.step}/{total} ({state.tokens:,} tokens)")
+    if repeat_vocab is None and cfg.repeat_frac > 0:
+        raise UniversalityError("repeat_frac > 0 needs repeat_vocab (the tokens to draw random spans from)")
+    seed_data = cfg.data_seed + 7919 * seed
+    batches = iter_batches(stream, cfg.batch_size, cfg.context, seed_data, start_step=state.step)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    log = open(out_dir / "log.jsonl", "a")
+    stop = total if max_steps is None else min(total, state.step + max_steps)
+    bar = tqdm(total=total, initial=state.step, disable=not progress, desc=out_dir.name, unit="step")
+    t0 = time.time()
+    wall0 = state.wall_seconds
+    try:
+        while state.step < stop:
+            lr = lr_at(state.step, total, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = add_repeats(next(batches), cfg, repeat_vocab, state.step).to(device)
+            with autocast:
+                loss = model(batch, return_type="loss")
+            if not torch.isfinite(loss):
+                raise UniversalityError(f"loss became {loss.item()} at step {state.step}: lower the learning "
+                                        f"rate; the last good checkpoint is in {ckpt}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            state.step += 1
+            state.tokens += batch.numel()
+            state.last_loss = loss.item()
+            state.wall_seconds = wall0 + time.time() - t0
+            bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == stop:
+                row = {"step": state.step, "tokens": state.tokens, "loss": state.last_loss, "lr": lr,
+                       "grad_norm": float(gnorm), "wall": round(state.wall_seconds, 2)}
+                if eval_fn is not None and (state.step % cfg.eval_every == 0 or state.step == total):
+                    model.eval()
+                    row.update(eval_fn(model))
+                    model.train()
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{state.last_loss:.3f}")
+            if state.step % cfg.checkpoint_every == 0 or state.step == stop:
+                _save_checkpoint(model, opt, state, ckpt, save_model)
+    finally:
+        bar.close()
+        log.close()
+    model.eval()
+    return state
+
+
+def read_log(out_dir: str | Path) -> list[dict]:
+    """The JSONL loss log of a run (later rows win when a resumed run repeats a step)."""
+    path = Path(out_dir) / "log.jsonl"
+    if not path.exists():
+        return []
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            rows[r["step"]] = r
+    return [rows[k] for k in sorted(rows)]
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def set_threads() -> None:
+    """Use every core for intra-op work on CPU (the default can be lower inside notebooks)."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, os.cpu_count() or 1))

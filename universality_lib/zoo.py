@@ -1,0 +1,267 @@
+"""The model zoo of a preset: build, train, save, verify and load T, T2, M (and the random M0).
+
+==========  ===============================================================================
+``T``       Transformer, seed 0
+``T2``      the same config, seed 1 (model-seed skyline)
+``M``       Mamba, seed 0, twice as many layers as ``T``, parameter count close to ``T``'s
+``M0``      ``M``'s config, untrained (random baseline); built, never trained
+==========  ===============================================================================
+
+Where checkpoints live:
+
+* ``tiny``: shipped in the repository under ``universality_lib/zoo/tiny/<name>/`` (with the shared
+  tokenizer in ``zoo/tiny/tokenizer/``), each folder with a sha256 manifest that is checked at load.
+* ``smoke``: trained on demand (about a minute) into the cache, keyed by everything that produced them.
+* ``paper``: Pythia-160M / Pythia-160M-seed1 / Mamba-130M from the Hugging Face hub.
+
+A checkpoint folder holds ``config.json`` + ``model.safetensors`` (the family's own format),
+``train_meta.json`` (preset, seed, tokenizer hash, corpus manifest hash, wall time, machine),
+``corpus_manifest.json``, ``log.jsonl`` (the loss curve) and ``MANIFEST.sha256``.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import cache, corpus
+from .errors import UniversalityError
+from .presets import PAPER_HUB_NAMES, Preset, get as get_preset
+
+RANDOM_BASELINE = "M0"
+
+
+def shipped_dir(preset: "str | Preset") -> Path:
+    return Path(__file__).parent / "zoo" / get_preset(preset).name
+
+
+def names(preset: "str | Preset", with_baseline: bool = False) -> list[str]:
+    out = [n for n, _, _ in get_preset(preset).zoo]
+    return out + [RANDOM_BASELINE] if with_baseline else out
+
+
+def spec(preset: "str | Preset", name: str) -> tuple[str, int]:
+    """(family, seed) of a zoo member."""
+    p = get_preset(preset)
+    if name == RANDOM_BASELINE:
+        return "mamba", 0
+    for n, family, seed in p.zoo:
+        if n == name:
+            return family, seed
+    raise UniversalityError(f"unknown model {name!r} in preset {p.name!r}: choose one of "
+                            f"{', '.join(names(p, True))}")
+
+
+# ----------------------------------------------------------------------------- build / save / load
+def build(preset: "str | Preset", name: str, tokenizer=None, device: str = "cpu"):
+    """A freshly initialised (untrained) model of the zoo, deterministic in its seed."""
+    p = get_preset(preset)
+    family, seed = spec(p, name)
+    tok = tokenizer if tokenizer is not None else corpus.load_tokenizer(p)
+    d_vocab = len(tok)
+    if family == "transformer":
+        from .models.transformer import make_transformer
+
+        return make_transformer(p.transformer, d_vocab, seed=seed, tokenizer=tok, device=device)
+    from .models.mamba import HookedMamba, MambaConfig
+
+    m = p.mamba
+    cfg = MambaConfig(d_model=m.d_model, n_layers=m.n_layers, d_vocab=d_vocab, d_state=m.d_state,
+                      d_conv=m.d_conv, expand=m.expand, tie_embeddings=m.tie_embeddings,
+                      n_ctx=p.transformer.n_ctx, seed=seed, device=torch.device(device))
+    return HookedMamba(cfg, tokenizer=tok)
+
+
+def family_of(model) -> str:
+    from transformer_lens import HookedTransformer
+
+    return "transformer" if isinstance(model, HookedTransformer) else "mamba"
+
+
+def save_model(model, folder: str | Path) -> None:
+    if family_of(model) == "transformer":
+        from .models.transformer import save_transformer
+
+        save_transformer(model, folder)
+    else:
+        model.save(folder)
+
+
+def load_weights(model, folder: str | Path) -> None:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")), strict=True)
+
+
+def load_folder(folder: str | Path, tokenizer, device: str = "cpu"):
+    """Load a verified checkpoint folder written by ``save_model``."""
+    folder = Path(folder)
+    cache.verify_manifest(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    trained = folder / "train_meta.json"
+    if trained.exists():
+        want = json.loads(trained.read_text()).get("tokenizer_sha")
+        have = corpus.tokenizer_hash(tokenizer)
+        if want and want != have:
+            raise UniversalityError(
+                f"the tokenizer does not match checkpoint {folder} (tokenizer hash {have} vs {want} recorded "
+                f"at training): load the tokenizer saved with the models (corpus.load_tokenizer(preset)).")
+    if meta.get("family") == "transformer":
+        from .models.transformer import load_transformer
+
+        return load_transformer(folder, tokenizer=tokenizer, device=device)
+    from .models.mamba import HookedMamba
+
+    model = HookedMamba.load(folder, tokenizer=tokenizer)
+    return model.to(device)
+
+
+def model_dir(preset: "str | Preset", name: str) -> Path:
+    """Where the trained checkpoint of ``name`` lives (it may not exist yet)."""
+    p = get_preset(preset)
+    if p.shipped:
+        return shipped_dir(p) / name
+    return cache.cache_dir() / "models" / p.name / _key(p) / name
+
+
+def _key(p: Preset) -> str:
+    d = p.to_dict()
+    return cache.stable_hash({"transformer": d["transformer"], "mamba": d["mamba"], "train": d["train"],
+                              "corpus": d["corpus"], "v": 1})
+
+
+def load(preset: "str | Preset", name: str, device: str | None = None, train_if_missing: bool | None = None):
+    """A trained zoo model, ready for analysis (eval mode).
+
+    ``tiny`` loads the shipped checkpoint (verified by hash); ``smoke`` trains it into the cache the first
+    time; ``paper`` loads from the hub. ``M0`` is always the untrained baseline.
+    """
+    p = get_preset(preset)
+    device = device or str(_default_device())
+    if p.needs_internet:
+        return _load_paper(p, name, device)
+    tok = corpus.load_tokenizer(p)
+    if name == RANDOM_BASELINE:
+        return build(p, name, tokenizer=tok, device=device).eval()
+    spec(p, name)  # validates the name
+    folder = model_dir(p, name)
+    if not (folder / cache.MANIFEST).exists():
+        if train_if_missing is None:
+            train_if_missing = not p.shipped
+        if not train_if_missing:
+            raise UniversalityError(
+                f"no trained checkpoint for {name!r} at {folder}. The {p.name!r} checkpoints are shipped with "
+                f"the repository (git lfs / a partial clone may have skipped them); to recreate them run "
+                f"`python -m universality_lib train --preset {p.name}`.")
+        train_model(p, name, device=device)
+    return load_folder(folder, tok, device=device).eval()
+
+
+def _load_paper(p: Preset, name: str, device: str):
+    if name == RANDOM_BASELINE:
+        from .models.mamba import HookedMamba
+
+        ref = HookedMamba.from_pretrained(PAPER_HUB_NAMES["M"])
+        fresh = HookedMamba(ref.cfg, tokenizer=ref.tokenizer)
+        return fresh.to(device).eval()
+    hub = PAPER_HUB_NAMES.get(name)
+    if hub is None:
+        spec(p, name)
+    family, _ = spec(p, name)
+    if family == "transformer":
+        from .models.transformer import load_gpt_neox
+
+        return load_gpt_neox(hub, device=device).eval()
+    from .models.mamba import HookedMamba
+
+    tok = corpus.load_tokenizer(p)
+    return HookedMamba.from_pretrained(hub, tokenizer=tok).to(device).eval()
+
+
+def _default_device() -> torch.device:
+    from .train import default_device
+
+    return default_device()
+
+
+# ----------------------------------------------------------------------------- training
+def train_model(preset: "str | Preset", name: str, device: str | None = None, work_dir: str | Path | None = None,
+                max_steps: int | None = None, progress: bool = True) -> Path | None:
+    """Train zoo member ``name`` from scratch (resuming a run in ``work_dir``) and install the result.
+
+    Returns the installed checkpoint folder, or None when ``max_steps`` stopped a longer run early
+    (run again to continue).
+    """
+    from .induction import induction_check, repeated_random_tokens
+    from .train import train
+
+    p = get_preset(preset)
+    family, seed = spec(p, name)
+    if name == RANDOM_BASELINE:
+        raise UniversalityError(f"{RANDOM_BASELINE} is the untrained baseline: there is nothing to train.")
+    if p.needs_internet:
+        raise UniversalityError("the 'paper' preset uses the published checkpoints; there is nothing to train.")
+    dev = torch.device(device) if device else _default_device()
+    tok = corpus.load_tokenizer(p)
+    stream = corpus.token_stream(p, "lm_train", tok)
+    vocab = corpus.frequent_tokens(corpus.token_stream(p, "eval", tok), 1000)
+    work = Path(work_dir) if work_dir else cache.cache_dir() / "runs" / p.name / _key(p) / name
+    model = build(p, name, tokenizer=tok, device=str(dev))
+    probe = repeated_random_tokens(vocab, 16, min(64, (p.train.context - 1) // 2), tok.bos_token_id, seed=99)
+
+    def eval_fn(m):
+        c = induction_check(m, probe)
+        return {"repeat_first": round(c.first_copy_loss, 4), "repeat_second": round(c.repeat_loss, 4)}
+
+    torch.manual_seed(seed)
+    state = train(model, stream, p.train, work, seed=seed, save_model=save_model, load_weights=load_weights,
+                  repeat_vocab=vocab, eval_fn=eval_fn, device=dev, progress=progress, max_steps=max_steps)
+    total = max(1, p.train.tokens // (p.train.batch_size * p.train.context))
+    if state.step < total:
+        print(f"[zoo] {name}: stopped at step {state.step}/{total}; run again to continue.")
+        return None
+    dest = model_dir(p, name)
+    manifest = corpus.manifest(p)
+    with cache.building(dest) as tmp:
+        save_model(model.cpu(), tmp)
+        shutil.copy(work / "log.jsonl", tmp / "log.jsonl")
+        cache.atomic_write_json(tmp / "corpus_manifest.json", manifest)
+        cache.atomic_write_json(tmp / "train_meta.json", {
+            "preset": p.name, "name": name, "family": family, "seed": seed,
+            "tokenizer_sha": corpus.tokenizer_hash(tok), "corpus_sha256": manifest["sha256"],
+            "train": p.to_dict()["train"], "steps": state.step, "tokens": state.tokens,
+            "wall_seconds": round(state.wall_seconds, 1), "final_loss": state.last_loss,
+            "device": dev.type, "machine": _machine(dev),
+            "n_params": sum(t.numel() for t in model.parameters()),
+        })
+    return dest
+
+
+def _machine(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    import os
+
+    return f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()} ({platform.system()})"
+
+
+def ship_tokenizer(preset: "str | Preset") -> Path:
+    """Copy the preset's (cached) tokenizer into the shipped zoo folder, with its manifest."""
+    p = get_preset(preset)
+    src = corpus.tokenizer_folder(p)
+    dest = shipped_dir(p) / "tokenizer"
+    if src.resolve() == dest.resolve():
+        return dest
+    with cache.building(dest) as tmp:
+        for f in src.iterdir():
+            if f.is_file() and f.name != cache.MANIFEST:
+                shutil.copy(f, tmp / f.name)
+    return dest
+
+
+def train_meta(preset: "str | Preset", name: str) -> dict:
+    path = model_dir(preset, name) / "train_meta.json"
+    return json.loads(path.read_text()) if path.exists() else {}
