@@ -95,11 +95,14 @@ def load_gpt_neox(name_or_folder: str | os.PathLike, tokenizer=None, device: str
 
     folder = resolve_hub_folder(name_or_folder, "GPT-NeoX model",
                                 ["*.json", "*.safetensors", "*.txt", "*.model"])
+    import json
+
+    archs = json.loads((folder / "config.json").read_text()).get("architectures") or ["?"]
+    if archs[0] != "GPTNeoXForCausalLM":
+        raise UniversalityError(f"{name_or_folder} is a {archs[0]}, not a GPT-NeoX (Pythia) model.")
     cfg_dict = convert_hf_model_config(str(folder))
-    if cfg_dict.get("original_architecture") != "GPTNeoXForCausalLM":
-        raise UniversalityError(f"{name_or_folder} is a {cfg_dict.get('original_architecture')}, "
-                                f"not a GPT-NeoX (Pythia) model.")
-    cfg_dict.update(device=device, dtype=dtype)
+    # the authors prepend BOS (<|endoftext|>) to every prompt, as the tiny models do
+    cfg_dict.update(device=device, dtype=dtype, default_prepend_bos=True)
     if fold_ln:
         cfg_dict["normalization_type"] = "LNPre"
     cfg = HookedTransformerConfig(**cfg_dict)

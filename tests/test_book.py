@@ -1,0 +1,170 @@
+"""universality_lib.book: the papermill + jupyter-book runner.
+
+The first tests run the runner on a throwaway two-page book; ``test_every_notebook_at_smoke``
+executes every chapter of the real book at the ``smoke`` preset (the CI notebook check).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from universality_lib import book
+from universality_lib.book import build_book, chapter_notebooks, main
+from universality_lib.errors import UniversalityError
+from universality_lib.results import load_results
+
+CONFIG = """\
+title: Mini book
+author: tests
+only_build_toc_files: true
+execute:
+  execute_notebooks: "off"
+"""
+
+
+def _notebook(*cells) -> nbformat.NotebookNode:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.cells = list(cells)
+    return nb
+
+
+def _mini_book(root: Path, *, failing: bool = False) -> Path:
+    (root / "book").mkdir(parents=True)
+    (root / "_config.yml").write_text(CONFIG)
+    chapters = ["  - file: book/ok"] + (["  - file: book/broken"] if failing else [])
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n" + "\n".join(chapters) + "\n")
+    (root / "book" / "intro.md").write_text("# Mini book\n\nHello.\n")
+    (root / "book" / "data.txt").write_text("side file\n")  # non-page files are copied too
+    ok = _notebook(
+        new_code_cell('preset = "tiny"', metadata={"tags": ["parameters"]}),
+        new_markdown_cell("# OK chapter"),
+        new_code_cell(
+            "import os, sys\n"
+            "from universality_lib.results import record\n"
+            'record("preset_seen", preset)\n'
+            'record("kernel_python", sys.executable)\n'
+            'record("kernel_argv", " ".join(sys.argv))\n'
+            'record("cwd_has_data", os.path.exists("data.txt"))\n'
+            'print("preset is", preset)'
+        ),
+    )
+    nbformat.write(ok, root / "book" / "ok.ipynb")
+    if failing:
+        broken = _notebook(
+            new_code_cell('preset = "tiny"', metadata={"tags": ["parameters"]}),
+            new_code_cell('raise ValueError("deliberate failure")'),
+        )
+        nbformat.write(broken, root / "book" / "broken.ipynb")
+    return root
+
+
+def test_runner_on_mini_book(tmp_path):
+    root = _mini_book(tmp_path / "src")
+    out = tmp_path / "out"
+    index = build_book(preset="smoke", out=out, root=root, html=True, progress=False)
+
+    base = out / "smoke"
+    assert index == base / "book" / "_build" / "html" / "index.html"
+    assert index.exists()
+    assert (base / "book" / "_build" / "html" / "book" / "ok.html").exists()
+
+    executed = nbformat.read(base / "book" / "book" / "ok.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "preset = \"smoke\"" in injected[0].source
+    assert executed.metadata.kernelspec.name == "python3"
+    assert any("preset is smoke" in o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    # the source notebook is untouched
+    src = nbformat.read(root / "book" / "ok.ipynb", as_version=4)
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in src.cells)
+
+    res = load_results(base / "results")
+    assert list(res) == ["ok"]  # UNIVERSALITY_CHAPTER = notebook stem
+    by = {r["name"]: r for r in res["ok"]}
+    assert by["preset_seen"]["value"] == "smoke"
+    assert by["preset_seen"]["preset"] == "smoke"  # UNIVERSALITY_PRESET reached the kernel
+    assert by["kernel_python"]["value"] == sys.executable  # the kernel is this interpreter
+    assert "--IPKernelApp.log_level=ERROR" in by["kernel_argv"]["value"]  # ...started by our kernelspec
+    assert by["cwd_has_data"]["value"] is True  # cwd = the executed copy's folder
+
+    timings = json.loads((base / "timings.json").read_text())
+    assert timings["status"] == "ok" and timings["preset"] == "smoke"
+    assert [c["chapter"] for c in timings["chapters"]] == ["ok"]
+    assert timings["html_seconds"] is not None
+
+
+def test_failing_notebook_names_it(tmp_path):
+    root = _mini_book(tmp_path / "src", failing=True)
+    out = tmp_path / "out"
+    with pytest.raises(UniversalityError) as info:
+        build_book(preset="smoke", out=out, root=root, html=False, progress=False)
+    msg = str(info.value)
+    assert "book/broken.ipynb" in msg
+    assert "deliberate failure" in msg
+    assert str(out / "smoke" / "book" / "book" / "broken.ipynb") in msg
+    assert (out / "smoke" / "book" / "book" / "broken.ipynb").exists()  # the executed copy
+    timings = json.loads((out / "smoke" / "timings.json").read_text())
+    assert timings["status"] == "failed"
+    assert [c["status"] for c in timings["chapters"]] == ["ok", "failed"]
+
+
+def test_cell_timeout_fails_the_run(tmp_path):
+    root = _mini_book(tmp_path / "src")
+    nb = nbformat.read(root / "book" / "ok.ipynb", as_version=4)
+    nb.cells.append(new_code_cell("import time; time.sleep(30)"))
+    nbformat.write(nb, root / "book" / "ok.ipynb")
+    with pytest.raises(UniversalityError, match="book/ok.ipynb failed"):
+        build_book(preset="smoke", out=tmp_path / "out", root=root, html=False, timeout=2, progress=False)
+
+
+def test_chapter_subset_and_cli(tmp_path, capsys):
+    root = _mini_book(tmp_path / "src", failing=True)
+    out = tmp_path / "out"
+    rc = main(["--preset", "smoke", "--out", str(out), "--chapters", "ok", "--no-html", "--root", str(root)])
+    assert rc == 0
+    toc = (out / "smoke" / "book" / "_toc.yml").read_text()
+    assert "book/ok" in toc and "broken" not in toc
+    assert list(load_results(out / "smoke" / "results")) == ["ok"]
+    with pytest.raises(UniversalityError, match="unknown chapter"):
+        build_book(preset="smoke", out=out, root=root, chapters=["nope"], html=False)
+    assert main(["--preset", "nope", "--out", str(out), "--root", str(root)]) == 1
+    assert "error:" in capsys.readouterr().err
+
+
+def test_unknown_preset_raises_before_running(tmp_path):
+    root = _mini_book(tmp_path / "src")
+    out = tmp_path / "out"
+    with pytest.raises(UniversalityError):
+        build_book(preset="no-such-preset", out=out, root=root)
+    assert not out.exists()
+
+
+def test_real_toc_lists_notebooks():
+    nbs = chapter_notebooks()
+    assert nbs, "the book has no notebooks"
+    for nb in nbs:
+        assert nb.suffix == ".ipynb" and nb.exists()
+        cells = nbformat.read(nb, as_version=4).cells
+        code = [c for c in cells if c.cell_type == "code"]
+        assert len(code) >= 2, f"{nb.name}: needs a parameters cell and a Colab set-up cell"
+        assert "parameters" in code[0].metadata.get("tags", []), f"{nb.name}: first code cell must be tagged 'parameters'"
+        assert 'preset = "tiny"' in code[0].source, f"{nb.name}: parameters cell must set preset = \"tiny\""
+        assert "google.colab" in code[1].source, f"{nb.name}: second code cell must be the Colab set-up cell"
+
+
+@pytest.mark.notebooks
+def test_every_notebook_at_smoke(tmp_path):
+    index = build_book(preset="smoke", out=tmp_path, html=True)
+    assert index.exists()
+    executed = tmp_path / "smoke" / "book"
+    for nb in chapter_notebooks():
+        rel = nb.relative_to(book.ROOT)
+        assert (executed / rel).exists(), f"{rel} was not executed"
+        html = executed / "_build" / "html" / rel.with_suffix(".html")
+        assert html.exists(), f"{rel} has no HTML page"

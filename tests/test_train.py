@@ -1,0 +1,64 @@
+import json
+
+import pytest
+import torch
+
+from universality_lib import corpus, presets, zoo
+from universality_lib.presets import TrainConfig
+from universality_lib.train import add_repeats, lr_at, read_log, train
+
+
+def test_lr_schedule_warms_up_then_decays_to_floor():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_frac=0.1)
+    lrs = [lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lr_at(100, 100, cfg) == pytest.approx(0.1)
+
+
+def test_add_repeats_places_the_same_span_twice():
+    cfg = TrainConfig(repeat_frac=0.5, repeat_span=5, data_seed=1)
+    batch = torch.zeros(4, 32, dtype=torch.long)
+    vocab = torch.arange(100, 200)
+    out = add_repeats(batch, cfg, vocab, step=7)
+    assert torch.equal(out, add_repeats(batch, cfg, vocab, step=7))  # deterministic in the step
+    assert (out[2:] == 0).all() and (out[:, 0] == 0).all()  # half the rows; BOS slot untouched
+    for r in range(2):
+        nz = out[r].nonzero().flatten()
+        assert len(nz) == 10
+        assert torch.equal(out[r, nz[:5]], out[r, nz[5:]])
+
+
+def _tiny_run(tmp_path, name, steps, max_steps=None):
+    p = presets.get("smoke")
+    cfg = TrainConfig(tokens=steps * 4 * 32, batch_size=4, context=32, lr=3e-3, warmup_steps=2,
+                      log_every=1, eval_every=2, checkpoint_every=3, repeat_frac=0.5, repeat_span=8)
+    tok = corpus.load_tokenizer(p)
+    stream = corpus.token_stream(p, "eval", tok)
+    model = zoo.build(p, "T", tokenizer=tok)
+    vocab = corpus.frequent_tokens(stream, 50)
+    state = train(model, stream, cfg, tmp_path / name, seed=0, save_model=zoo.save_model,
+                  load_weights=zoo.load_weights, repeat_vocab=vocab, progress=False, max_steps=max_steps,
+                  eval_fn=lambda m: {"probe": 1.0}, device=torch.device("cpu"))
+    return model, state
+
+
+def test_training_lowers_loss_and_logs(tmp_path):
+    model, state = _tiny_run(tmp_path, "a", 12)
+    log = read_log(tmp_path / "a")
+    assert [r["step"] for r in log] == list(range(1, 13))
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert "probe" in log[1] and "probe" not in log[0]
+    assert state.tokens == 12 * 4 * 32
+    saved = json.loads((tmp_path / "a" / "checkpoint" / "state.json").read_text())
+    assert saved["step"] == 12
+
+
+def test_resume_is_exact(tmp_path):
+    straight, _ = _tiny_run(tmp_path, "straight", 6)
+    _, half = _tiny_run(tmp_path, "resumed", 6, max_steps=3)
+    assert half.step == 3
+    resumed, state = _tiny_run(tmp_path, "resumed", 6)
+    assert state.step == 6
+    for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), n

@@ -1,0 +1,457 @@
+"""Run the book: execute every chapter notebook with papermill at one preset, then build HTML.
+
+``build_book(preset="tiny")`` (or ``python -m universality_lib.book --preset tiny``):
+
+1. checks the preset (:func:`universality_lib.presets.get`);
+2. reads ``_toc.yml`` at the repository root and lists its pages in order;
+3. copies ``_config.yml``, ``_toc.yml`` and ``book/`` to ``<out>/<preset>/book/``;
+4. executes each ``.ipynb`` page with papermill (``parameters={"preset": preset}``, working
+   directory = the notebook's folder in the copy, environment ``UNIVERSALITY_RESULTS_DIR=
+   <out>/<preset>/results``, ``UNIVERSALITY_PRESET``, ``UNIVERSALITY_CHAPTER=<notebook stem>``),
+   writing the executed notebook over the copy; ``.md`` pages are used as they are;
+5. if ``html``, runs ``jupyter-book build`` on the copy with execution off (``_config.yml`` says
+   ``execute_notebooks: "off"``: papermill has already run everything);
+6. writes ``<out>/<preset>/timings.json`` and returns the path of ``index.html`` (or of the
+   executed book folder when ``html=False``).
+
+The kernel is always the interpreter running this function (``sys.executable``): a kernelspec
+named ``python3`` pointing at it is written to ``<out>/<preset>/.jupyter`` and put first on
+``JUPYTER_PATH`` while the notebooks run, so the executed notebooks keep their ``python3``
+kernel name. ``kernel=`` uses another installed kernelspec instead.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import glob as _glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .errors import UniversalityError
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNEL_NAME = "python3"
+_COPY_IGNORE = shutil.ignore_patterns(".ipynb_checkpoints", "_build", "__pycache__", "*.pyc", ".DS_Store")
+_PAGE_SUFFIXES = (".ipynb", ".md", ".rst")
+
+
+# ----------------------------------------------------------------------------------------------
+# table of contents
+
+
+def _toc_files(toc: dict) -> list[str]:
+    """Every ``file`` (and expanded ``glob``) entry of a jb-book / jb-article toc, in order."""
+    out: list[str] = []
+
+    def walk(node) -> None:
+        if isinstance(node, list):
+            for n in node:
+                walk(n)
+        elif isinstance(node, dict):
+            if "file" in node:
+                out.append(str(node["file"]))
+            if "glob" in node:
+                out.append("glob:" + str(node["glob"]))
+            for key in ("parts", "chapters", "sections"):
+                if key in node:
+                    walk(node[key])
+
+    if "root" in toc:
+        out.append(str(toc["root"]))
+    for key in ("parts", "chapters", "sections"):
+        if key in toc:
+            walk(toc[key])
+    return out
+
+
+def _resolve_page(root: Path, entry: str) -> Path:
+    p = root / entry
+    if p.suffix in _PAGE_SUFFIXES and p.exists():
+        return p
+    for suffix in _PAGE_SUFFIXES:
+        q = root / (entry + suffix)
+        if q.exists():
+            return q
+    raise UniversalityError(f"_toc.yml lists {entry!r}, but no {entry}.ipynb / .md exists under {root}.")
+
+
+def toc_pages(root: str | os.PathLike | None = None) -> list[Path]:
+    """The pages of the book in ``_toc.yml`` order (absolute paths; ``.ipynb`` and ``.md``)."""
+    import yaml
+
+    root = Path(root) if root is not None else ROOT
+    toc_path = root / "_toc.yml"
+    if not toc_path.exists():
+        raise UniversalityError(f"no _toc.yml in {root}: pass root= the folder that holds the book's _toc.yml.")
+    with open(toc_path, encoding="utf-8") as f:
+        toc = yaml.safe_load(f) or {}
+    pages: list[Path] = []
+    for entry in _toc_files(toc):
+        if entry.startswith("glob:"):
+            pattern = entry[5:]
+            hits = sorted(
+                Path(h) for h in _glob.glob(str(root / pattern) + "*")
+                if Path(h).suffix in _PAGE_SUFFIXES
+            )
+            pages.extend(h.resolve() for h in hits)
+        else:
+            pages.append(_resolve_page(root, entry).resolve())
+    seen: set[Path] = set()
+    return [p for p in pages if not (p in seen or seen.add(p))]
+
+
+def chapter_notebooks(root: str | os.PathLike | None = None) -> list[Path]:
+    """The ``.ipynb`` chapters of the book, in order."""
+    return [p for p in toc_pages(root) if p.suffix == ".ipynb"]
+
+
+def _select(notebooks: list[Path], chapters: Sequence[str] | None, root: Path) -> list[Path]:
+    if chapters is None:
+        return notebooks
+    if isinstance(chapters, str):
+        chapters = [c for c in chapters.split(",") if c.strip()]
+    by_key: dict[str, Path] = {}
+    for nb in notebooks:
+        rel = nb.relative_to(root).as_posix()
+        for key in (nb.stem, nb.name, rel, rel[: -len(".ipynb")]):
+            by_key[key] = nb
+    picked: list[Path] = []
+    for c in chapters:
+        c = str(c).strip()
+        if c not in by_key:
+            names = ", ".join(nb.stem for nb in notebooks) or "(none)"
+            raise UniversalityError(f"unknown chapter {c!r}; the book's notebooks are: {names}.")
+        picked.append(by_key[c])
+    # keep the book's order, drop duplicates
+    return [nb for nb in notebooks if nb in picked]
+
+
+def _filter_toc(toc: dict, keep_files: set[str]) -> dict:
+    """A copy of ``toc`` without the notebook entries not in ``keep_files`` (toc-style names)."""
+
+    def keep(entry: dict) -> bool:
+        f = entry.get("file")
+        return f is None or f in keep_files
+
+    def walk(node):
+        if isinstance(node, list):
+            out = []
+            for n in node:
+                if isinstance(n, dict) and not keep(n):
+                    continue
+                out.append(walk(n))
+            return out
+        if isinstance(node, dict):
+            node = dict(node)
+            for key in ("parts", "chapters", "sections"):
+                if key in node:
+                    node[key] = walk(node[key])
+                    if not node[key]:
+                        del node[key]
+            return node
+        return node
+
+    out = walk(toc)
+    if "parts" in out:
+        out["parts"] = [p for p in out["parts"] if p.get("chapters")]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# kernel and environment
+
+
+def _write_kernelspec(prefix: Path) -> Path:
+    """A ``python3`` kernelspec under ``prefix/kernels`` whose argv[0] is ``sys.executable``."""
+    kdir = prefix / "kernels" / KERNEL_NAME
+    kdir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        # log_level=ERROR hides ipykernel's "running over TCP without encryption" warning (the
+        # kernel only listens on localhost); cell output, warnings included, is unaffected
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                 "--IPKernelApp.log_level=ERROR"],
+        "display_name": "Python 3 (universality)",
+        "language": "python",
+        "metadata": {"debugger": True},
+    }
+    (kdir / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
+    return prefix
+
+
+def _check_kernelspec(name: str) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel as e:
+        raise UniversalityError(f"no Jupyter kernel named {name!r} (see `jupyter kernelspec list`).") from e
+    if name == KERNEL_NAME and spec.argv and spec.argv[0] != sys.executable:
+        raise UniversalityError(  # pragma: no cover - guards _write_kernelspec / JUPYTER_PATH
+            f"kernel {name!r} runs {spec.argv[0]}, not this interpreter ({sys.executable})."
+        )
+
+
+@contextlib.contextmanager
+def _patched_environ(changes: dict[str, str | None]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in changes}
+    try:
+        for k, v in changes.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _prepend_path(var: str, *entries: str) -> str:
+    parts = [e for e in entries if e]
+    rest = os.environ.get(var)
+    if rest:
+        parts.append(rest)
+    return os.pathsep.join(parts)
+
+
+def _jupyter_book_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "jupyter-book"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the runner
+
+
+def _failure_message(nb_rel: str, executed: Path, err: BaseException) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(err, PapermillExecutionError):
+        what = f"cell {err.cell_index} (execution count {err.exec_count}) raised {err.ename}: {err.evalue}"
+    else:
+        what = f"{type(err).__name__}: {err}"
+    return (
+        f"Notebook {nb_rel} failed: {what}\n"
+        f"The executed copy, with the traceback in its outputs, is at {executed}"
+    )
+
+
+def _fmt_s(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(seconds, 60)
+    return f"{int(m)} min {s:04.1f} s"
+
+
+def build_book(
+    preset: str = "tiny",
+    out: str | os.PathLike = "build",
+    chapters: list[str] | None = None,
+    html: bool = True,
+    timeout: int | None = None,
+    kernel: str | None = None,
+    *,
+    root: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Path:
+    """Execute the book's notebooks at ``preset`` and (optionally) build its HTML.
+
+    ``chapters``: a subset of notebooks (stems such as ``"01_two_architectures"``, or toc paths);
+    the executed book then lists only those notebooks (and every ``.md`` page).
+    ``timeout``: per-cell time limit in seconds (None: no limit).
+    ``kernel``: a kernelspec name; default: this interpreter.
+    ``root``: the folder holding ``_toc.yml`` / ``_config.yml`` / ``book/`` (default: the repo).
+    Returns the path of ``index.html`` (``html=True``) or of the executed book folder.
+    Raises :class:`UniversalityError` for a bad preset/chapter or a failing notebook.
+    """
+    import papermill as pm
+    import yaml
+    from tqdm.auto import tqdm
+
+    from . import presets
+
+    presets.get(preset)  # UniversalityError for an unknown preset, before anything runs
+    root = Path(root).resolve() if root is not None else ROOT
+    notebooks = chapter_notebooks(root)
+    selected = _select(notebooks, chapters, root)
+
+    base = Path(out).resolve() / preset
+    book_dir = base / "book"
+    results_path = base / "results"
+    base.mkdir(parents=True, exist_ok=True)
+
+    # ---- fresh copy of the book sources
+    if book_dir.exists():
+        shutil.rmtree(book_dir)
+    book_dir.mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        if not (root / name).exists():
+            raise UniversalityError(f"no {name} in {root}.")
+        shutil.copy2(root / name, book_dir / name)
+    for page in toc_pages(root):  # pages may live outside book/ (e.g. a top-level intro)
+        top = page.relative_to(root).parts[0]
+        src = root / top
+        dst = book_dir / top
+        if src.is_dir() and not dst.exists():
+            shutil.copytree(src, dst, ignore=_COPY_IGNORE)
+        elif src.is_file() and not dst.exists():
+            shutil.copy2(src, dst)
+    for extra in ("book", "references.bib", "_static"):
+        src = root / extra
+        if src.exists() and not (book_dir / extra).exists():
+            if src.is_dir():
+                shutil.copytree(src, book_dir / extra, ignore=_COPY_IGNORE)
+            else:
+                shutil.copy2(src, book_dir / extra)
+    if chapters is not None:
+        with open(root / "_toc.yml", encoding="utf-8") as f:
+            toc = yaml.safe_load(f) or {}
+        keep = {nb.relative_to(root).with_suffix("").as_posix() for nb in selected}
+        keep |= {nb.relative_to(root).as_posix() for nb in selected}
+        keep |= {p.relative_to(root).with_suffix("").as_posix() for p in toc_pages(root) if p.suffix != ".ipynb"}
+        keep |= {p.relative_to(root).as_posix() for p in toc_pages(root) if p.suffix != ".ipynb"}
+        with open(book_dir / "_toc.yml", "w", encoding="utf-8") as f:
+            f.write("# written by universality_lib.book for a subset of chapters\n")
+            yaml.safe_dump(_filter_toc(toc, keep), f, sort_keys=False)
+
+    # ---- kernel
+    env_changes: dict[str, str | None] = {
+        "UNIVERSALITY_RESULTS_DIR": str(results_path),
+        "UNIVERSALITY_PRESET": preset,
+        # the kernel imports this package even when it is not pip-installed
+        "PYTHONPATH": _prepend_path("PYTHONPATH", str(ROOT)),
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    }
+    if kernel is None:
+        kernel_name = KERNEL_NAME
+        jpath = _write_kernelspec(base / ".jupyter")
+        env_changes["JUPYTER_PATH"] = _prepend_path("JUPYTER_PATH", str(jpath))
+    else:
+        kernel_name = kernel
+
+    timings: dict = {
+        "preset": preset,
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "python": sys.executable,
+        "chapters": [],
+        "html_seconds": None,
+        "total_seconds": None,
+        "status": "running",
+    }
+
+    def write_timings() -> None:
+        (base / "timings.json").write_text(json.dumps(timings, indent=1) + "\n", encoding="utf-8")
+
+    t_start = time.perf_counter()
+    print(f"Executing {len(selected)} notebook(s) at preset {preset!r} into {book_dir}", flush=True)
+    bar = tqdm(selected, desc=f"book [{preset}]", unit="chapter", disable=not progress, file=sys.stdout)
+    try:
+        with _patched_environ(env_changes):
+            _check_kernelspec(kernel_name)
+            for nb in bar:
+                rel = nb.relative_to(root)
+                executed = book_dir / rel
+                bar.set_postfix_str(nb.stem)
+                # results of this chapter come from this run only
+                stale = results_path / f"{nb.stem}.json"
+                if stale.exists():
+                    stale.unlink()
+                results_path.mkdir(parents=True, exist_ok=True)
+                t0 = time.perf_counter()
+                try:
+                    with _patched_environ({"UNIVERSALITY_CHAPTER": nb.stem}):
+                        pm.execute_notebook(
+                            str(nb),
+                            str(executed),
+                            parameters={"preset": preset},
+                            kernel_name=kernel_name,
+                            cwd=str(executed.parent),
+                            progress_bar=False,
+                            log_output=False,
+                            execution_timeout=timeout,
+                        )
+                except Exception as err:  # PapermillExecutionError, timeouts, dead kernels
+                    dt = time.perf_counter() - t0
+                    timings["chapters"].append({"chapter": nb.stem, "notebook": rel.as_posix(), "seconds": round(dt, 2), "status": "failed"})
+                    timings["status"] = "failed"
+                    timings["total_seconds"] = round(time.perf_counter() - t_start, 2)
+                    write_timings()
+                    raise UniversalityError(_failure_message(rel.as_posix(), executed, err)) from err
+                dt = time.perf_counter() - t0
+                timings["chapters"].append({"chapter": nb.stem, "notebook": rel.as_posix(), "seconds": round(dt, 2), "status": "ok"})
+                write_timings()
+                bar.write(f"  {rel.as_posix()}: {_fmt_s(dt)}")
+    finally:
+        bar.close()
+
+    result = book_dir
+    if html:
+        t0 = time.perf_counter()
+        cmd = [*_jupyter_book_cmd(), "build", str(book_dir)]
+        print("Building HTML: " + " ".join(cmd), flush=True)
+        proc = subprocess.run(cmd, cwd=str(book_dir), capture_output=True, text=True)
+        timings["html_seconds"] = round(time.perf_counter() - t0, 2)
+        index = book_dir / "_build" / "html" / "index.html"
+        if proc.returncode != 0 or not index.exists():
+            timings["status"] = "failed"
+            timings["total_seconds"] = round(time.perf_counter() - t_start, 2)
+            write_timings()
+            log = (proc.stdout + "\n" + proc.stderr).strip().splitlines()
+            tail = "\n".join(log[-40:])
+            raise UniversalityError(
+                f"jupyter-book build of {book_dir} failed (exit {proc.returncode}):\n{tail}"
+            )
+        print(f"  html: {_fmt_s(timings['html_seconds'])}", flush=True)
+        result = index
+
+    timings["total_seconds"] = round(time.perf_counter() - t_start, 2)
+    timings["status"] = "ok"
+    write_timings()
+    print(f"Done in {_fmt_s(timings['total_seconds'])}: {result}", flush=True)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m universality_lib.book [--preset P] [--out DIR] [--chapters A,B] [--no-html] [--timeout S]``"""
+    from . import presets
+
+    p = argparse.ArgumentParser(prog="python -m universality_lib.book", description="Execute the book's notebooks at a preset and build the HTML.")
+    p.add_argument("--preset", default="tiny", help=f"one of {', '.join(presets.NAMES)} (default: tiny)")
+    p.add_argument("--out", default="build", help="output folder (default: build); results go to OUT/PRESET/")
+    p.add_argument("--chapters", nargs="+", default=None, help="notebook stems to run (default: all); comma-separated also works")
+    p.add_argument("--no-html", action="store_true", help="execute the notebooks only, skip jupyter-book build")
+    p.add_argument("--timeout", type=int, default=None, help="per-cell time limit in seconds (default: none)")
+    p.add_argument("--kernel", default=None, help="a kernelspec name (default: this Python interpreter)")
+    p.add_argument("--root", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    chapters = None
+    if args.chapters:
+        chapters = [c.strip() for item in args.chapters for c in item.split(",") if c.strip()]
+    try:
+        path = build_book(preset=args.preset, out=args.out, chapters=chapters, html=not args.no_html,
+                          timeout=args.timeout, kernel=args.kernel, root=args.root)
+    except UniversalityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

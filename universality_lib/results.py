@@ -1,0 +1,430 @@
+"""Recorded results: every number the book reports, with the paper claim it tests.
+
+A chapter notebook calls :func:`record` for each number it reports::
+
+    record("top1_max_corr", 0.83, claim="Most T features have a close M counterpart",
+           criterion="mean max correlation > 0.5", passed=True)
+
+Each call adds (or, for a name recorded before, replaces) one entry in
+``<results dir>/<chapter>.json``. The results directory is ``$UNIVERSALITY_RESULTS_DIR``, else
+``./results`` under the current working directory. The chapter is the ``chapter`` argument, else
+``$UNIVERSALITY_CHAPTER`` (set by :func:`universality_lib.book.build_book`), else the notebook's
+name when it can be found, else ``"misc"``.
+
+Prose shows recorded numbers with :func:`value` / :func:`fmt` and :func:`show`, so that no
+number in the text is typed in by hand::
+
+    show(f"The mean max correlation is {value('top1_max_corr'):.2f}.")
+
+The file format (one JSON object per chapter)::
+
+    {"chapter": "03_features", "records": [
+        {"name": ..., "value": ..., "claim": ..., "criterion": ..., "passed": true|false|null,
+         "unit": ..., "note": ..., "preset": "tiny", "timestamp": "...Z", "version": "..."},
+        ...]}
+
+Non-finite floats (NaN, +-inf) are not JSON: they are stored as ``null`` and the entry gets a
+``"nonfinite"`` field (``"nan"``, ``"inf"`` or ``"-inf"``; for a list, a mapping from the
+flattened index to that word). :func:`value` and :func:`load_results` turn them back into floats.
+
+Writes are atomic (a temporary file in the same folder, then :func:`os.replace`), so a crash never
+leaves a half-written file. Chapters run one after another, so there is no cross-process lock.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import numbers
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import UniversalityError
+
+__all__ = [
+    "record",
+    "load_results",
+    "load_chapter",
+    "results_dir",
+    "current_chapter",
+    "get",
+    "value",
+    "fmt",
+    "show",
+    "ENV_RESULTS_DIR",
+    "ENV_CHAPTER",
+    "ENV_PRESET",
+]
+
+ENV_RESULTS_DIR = "UNIVERSALITY_RESULTS_DIR"
+ENV_CHAPTER = "UNIVERSALITY_CHAPTER"
+ENV_PRESET = "UNIVERSALITY_PRESET"
+DEFAULT_CHAPTER = "misc"
+_CHAPTER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# where things go
+
+
+def results_dir(path: str | os.PathLike | None = None) -> Path:
+    """The results directory: ``path``, else ``$UNIVERSALITY_RESULTS_DIR``, else ``./results``."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get(ENV_RESULTS_DIR)
+    if env:
+        return Path(env)
+    return Path.cwd() / "results"
+
+
+def _notebook_name() -> str | None:
+    """The running notebook's stem, when the front end tells us (Jupyter server, VS Code)."""
+    candidates: list[str] = []
+    try:  # IPython globals set by VS Code / Jupyter server >= 2
+        from IPython import get_ipython  # type: ignore
+
+        ip = get_ipython()
+        if ip is not None:
+            for key in ("__vsc_ipynb_file__", "__session__"):
+                v = ip.user_ns.get(key)
+                if isinstance(v, str) and v:
+                    candidates.append(v)
+    except Exception:  # pragma: no cover - IPython missing or odd shell
+        pass
+    env = os.environ.get("JPY_SESSION_NAME")
+    if env:
+        candidates.append(env)
+    for c in candidates:
+        p = Path(c)
+        if p.suffix == ".ipynb" and _CHAPTER_RE.match(p.stem):
+            return p.stem
+    return None
+
+
+def current_chapter(chapter: str | None = None) -> str:
+    """The chapter a record goes to (see the module docstring for the order of precedence)."""
+    if chapter is None:
+        chapter = os.environ.get(ENV_CHAPTER) or _notebook_name() or DEFAULT_CHAPTER
+    if not isinstance(chapter, str) or not _CHAPTER_RE.match(chapter):
+        raise UniversalityError(
+            f"chapter must be a plain file name (letters, digits, '_', '-', '.'), got {chapter!r}."
+        )
+    return chapter
+
+
+def _library_version() -> str:
+    try:
+        from . import __version__  # type: ignore[attr-defined]
+
+        return str(__version__)
+    except Exception:
+        pass
+    try:
+        from importlib.metadata import version
+
+        return version("universality_lib")
+    except Exception:
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------
+# validation and (de)serialisation of values
+
+
+def _to_plain(value: Any) -> Any:
+    """numpy / torch scalars and arrays -> Python scalars and (nested) lists; others unchanged."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    mod = type(value).__module__ or ""
+    if mod.startswith(("numpy", "torch", "jax")):
+        if hasattr(value, "tolist"):
+            return value.tolist()  # 0-d -> scalar, n-d -> nested list
+        if hasattr(value, "item"):
+            return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _nonfinite_word(x: float) -> str | None:
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return None
+
+
+def _encode_value(name: str, value: Any) -> tuple[Any, Any]:
+    """(JSON value, nonfinite flag or None). Raises UniversalityError on unsupported values."""
+    value = _to_plain(value)
+    if isinstance(value, bool) or isinstance(value, str):
+        return value, None
+    if isinstance(value, numbers.Integral):
+        return int(value), None
+    if isinstance(value, numbers.Real):
+        x = float(value)
+        word = _nonfinite_word(x)
+        return (None, word) if word else (x, None)
+    if isinstance(value, list):
+        flags: dict[str, str] = {}
+        counter = [0]
+
+        def enc(v: Any, depth: int) -> Any:
+            v = _to_plain(v)
+            if isinstance(v, list):
+                if depth > 8:
+                    raise UniversalityError(f"record({name!r}): list nested too deeply.")
+                return [enc(e, depth + 1) for e in v]
+            idx = counter[0]
+            counter[0] += 1
+            if isinstance(v, bool):
+                return v
+            if isinstance(v, numbers.Integral):
+                return int(v)
+            if isinstance(v, numbers.Real):
+                x = float(v)
+                word = _nonfinite_word(x)
+                if word:
+                    flags[str(idx)] = word
+                    return None
+                return x
+            raise UniversalityError(
+                f"record({name!r}): a list value may hold only numbers (or nested lists of "
+                f"numbers); element {idx} is {type(v).__name__}: {v!r}."
+            )
+
+        out = enc(value, 0)
+        return out, (flags or None)
+    raise UniversalityError(
+        f"record({name!r}): value must be a float, int, str, bool or a list of numbers "
+        f"(numpy/torch scalars and arrays are converted), got {type(value).__name__}: {value!r}."
+    )
+
+
+def _decode_value(entry: dict) -> Any:
+    """The stored value with non-finite floats restored."""
+    v = entry.get("value")
+    flag = entry.get("nonfinite")
+    if not flag:
+        return v
+    if isinstance(flag, str):
+        return float(flag)
+    counter = [0]
+
+    def dec(x: Any) -> Any:
+        if isinstance(x, list):
+            return [dec(e) for e in x]
+        idx = counter[0]
+        counter[0] += 1
+        word = flag.get(str(idx))
+        return float(word) if word else x
+
+    return dec(v)
+
+
+def _check_opt_str(field: str, v: Any) -> str | None:
+    if v is None or isinstance(v, str):
+        return v
+    raise UniversalityError(f"record(): {field} must be a string or None, got {type(v).__name__}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# reading and writing files
+
+
+def _read_file(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UniversalityError(f"results file {path} is not valid JSON ({e}); delete it and re-run its chapter.") from e
+    if isinstance(data, list):  # tolerate a bare list of records
+        data = {"chapter": path.stem, "records": data}
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise UniversalityError(f"results file {path} has no 'records' list; delete it and re-run its chapter.")
+    return data
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def record(
+    name: str,
+    value: Any,
+    *,
+    claim: str | None = None,
+    criterion: str | None = None,
+    passed: bool | None = None,
+    unit: str | None = None,
+    chapter: str | None = None,
+    note: str | None = None,
+) -> None:
+    """Record one named result (returns None, so a ``record(...)`` last in a cell prints nothing).
+
+    ``value``: float, int, str, bool or a (nested) list of numbers; numpy/torch scalars and arrays
+    are converted. NaN / inf are allowed and stored as ``null`` with a ``nonfinite`` flag.
+    ``claim``: the paper claim the number tests; ``criterion``: the test in words;
+    ``passed``: whether the criterion holds (``None`` when it is not a pass/fail).
+    Recording a name again replaces the earlier entry (in place).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UniversalityError(f"record(): name must be a non-empty string, got {name!r}.")
+    name = name.strip()
+    if "\n" in name:
+        raise UniversalityError(f"record(): name must be on one line, got {name!r}.")
+    stored, flag = _encode_value(name, value)
+    if passed is not None:
+        if type(passed).__module__.startswith("numpy") and hasattr(passed, "item"):
+            passed = passed.item()
+        if not isinstance(passed, bool):
+            raise UniversalityError(
+                f"record({name!r}): passed must be True, False or None, got {type(passed).__name__}: {passed!r}."
+            )
+    claim = _check_opt_str("claim", claim)
+    criterion = _check_opt_str("criterion", criterion)
+    unit = _check_opt_str("unit", unit)
+    note = _check_opt_str("note", note)
+    chapter = current_chapter(chapter)
+
+    entry: dict[str, Any] = {
+        "name": name,
+        "value": stored,
+        "claim": claim,
+        "criterion": criterion,
+        "passed": passed,
+        "unit": unit,
+        "note": note,
+        "preset": os.environ.get(ENV_PRESET) or None,
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "version": _library_version(),
+    }
+    if flag is not None:
+        entry["nonfinite"] = flag
+    # fail here, not half-way through the write, if something slipped through
+    try:
+        json.dumps(entry, allow_nan=False)
+    except (TypeError, ValueError) as e:  # pragma: no cover - guarded by _encode_value
+        raise UniversalityError(f"record({name!r}): value is not JSON-serialisable ({e}).") from e
+
+    path = results_dir() / f"{chapter}.json"
+    if path.exists():
+        data = _read_file(path)
+    else:
+        data = {"chapter": chapter, "records": []}
+    data["chapter"] = chapter
+    data["format"] = _FORMAT_VERSION
+    records = data["records"]
+    for i, old in enumerate(records):
+        if isinstance(old, dict) and old.get("name") == name:
+            records[i] = entry
+            break
+    else:
+        records.append(entry)
+    _atomic_write_json(path, {"chapter": chapter, "format": _FORMAT_VERSION, "records": records})
+
+
+def load_chapter(chapter: str, directory: str | os.PathLike | None = None) -> list[dict]:
+    """The records of one chapter (an empty list when it has none)."""
+    path = results_dir(directory) / f"{current_chapter(chapter)}.json"
+    if not path.exists():
+        return []
+    return _read_file(path)["records"]
+
+
+def load_results(directory: str | os.PathLike | None = None) -> dict[str, list[dict]]:
+    """``{chapter: [record, ...]}`` for every ``*.json`` in the results directory (sorted by chapter).
+
+    Non-finite values are restored to floats in each record's ``"value"``.
+    """
+    d = results_dir(directory)
+    out: dict[str, list[dict]] = {}
+    if not d.is_dir():
+        return out
+    for path in sorted(d.glob("*.json")):
+        if path.name.startswith("."):
+            continue
+        data = _read_file(path)
+        chapter = data.get("chapter") or path.stem
+        recs = []
+        for r in data["records"]:
+            r = dict(r)
+            r["value"] = _decode_value(r)
+            recs.append(r)
+        out[chapter] = recs
+    return out
+
+
+def get(name: str, chapter: str | None = None, directory: str | os.PathLike | None = None) -> dict:
+    """The stored entry for ``name``: from ``chapter`` (default: the current chapter) first,
+    else from the one other chapter that has it."""
+    here = current_chapter(chapter)
+    for r in load_chapter(here, directory):
+        if r.get("name") == name:
+            return r
+    if chapter is None:
+        hits = [(ch, r) for ch, recs in load_results(directory).items() if ch != here for r in recs if r.get("name") == name]
+        if len(hits) == 1:
+            return hits[0][1]
+        if len(hits) > 1:
+            chs = ", ".join(ch for ch, _ in hits)
+            raise UniversalityError(f"result {name!r} is recorded in several chapters ({chs}); pass chapter=.")
+    raise UniversalityError(
+        f"no result named {name!r} in chapter {here!r} (results dir {results_dir(directory)}); "
+        "record it before using it in prose."
+    )
+
+
+def value(name: str, chapter: str | None = None, directory: str | os.PathLike | None = None) -> Any:
+    """The recorded value of ``name`` (NaN/inf restored), for use in prose."""
+    return _decode_value(get(name, chapter, directory))
+
+
+def fmt(name: str, spec: str | None = None, *, unit: bool = True, chapter: str | None = None,
+        directory: str | os.PathLike | None = None) -> str:
+    """The recorded value of ``name`` as text: ``format(value, spec)`` (default ``.3g`` for
+    floats), followed by the recorded unit (unless ``unit=False``)."""
+    entry = get(name, chapter, directory)
+    v = _decode_value(entry)
+    if spec is None:
+        spec = ".3g" if isinstance(v, float) else ""
+    if isinstance(v, list):
+        text = "[" + ", ".join(format(x, spec) if isinstance(x, (int, float)) else str(x) for x in v) + "]"
+    else:
+        text = format(v, spec)
+    u = entry.get("unit")
+    if unit and u:
+        text = f"{text} {u}" if not u.startswith("%") else f"{text}{u}"
+    return text
+
+
+def show(markdown: str) -> None:
+    """Display Markdown in a notebook (plain print elsewhere)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+
+        if get_ipython() is not None:
+            display(Markdown(markdown))
+            return
+    except Exception:  # pragma: no cover
+        pass
+    print(markdown)
