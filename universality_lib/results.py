@@ -42,6 +42,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .cache import atomic_write_bytes
 from .errors import UniversalityError
 
 __all__ = [
@@ -250,21 +251,7 @@ def _read_file(path: Path) -> dict:
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, (json.dumps(data, indent=1, allow_nan=False) + "\n").encode("utf-8"))
 
 
 def record(
@@ -342,7 +329,7 @@ def record(
     _atomic_write_json(path, {"chapter": chapter, "format": _FORMAT_VERSION, "records": records})
 
 
-def load_chapter(chapter: str, directory: str | os.PathLike | None = None) -> list[dict]:
+def load_chapter(chapter: str | None = None, directory: str | os.PathLike | None = None) -> list[dict]:
     """The records of one chapter (an empty list when it has none)."""
     path = results_dir(directory) / f"{current_chapter(chapter)}.json"
     if not path.exists():

@@ -29,6 +29,7 @@ import torch
 
 from . import cache, corpus
 from .errors import UniversalityError
+from .models import family as model_family, n_params
 from .presets import PAPER_HUB_NAMES, Preset, get as get_preset
 
 RANDOM_BASELINE = "M0"
@@ -75,14 +76,8 @@ def build(preset: "str | Preset", name: str, tokenizer=None, device: str = "cpu"
     return HookedMamba(cfg, tokenizer=tok)
 
 
-def family_of(model) -> str:
-    from transformer_lens import HookedTransformer
-
-    return "transformer" if isinstance(model, HookedTransformer) else "mamba"
-
-
 def save_model(model, folder: str | Path) -> None:
-    if family_of(model) == "transformer":
+    if model_family(model) == "transformer":
         from .models.transformer import save_transformer
 
         save_transformer(model, folder)
@@ -235,7 +230,7 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
             "train": p.to_dict()["train"], "steps": state.step, "tokens": state.tokens,
             "wall_seconds": round(state.wall_seconds, 1), "final_loss": state.last_loss,
             "device": dev.type, "machine": _machine(dev),
-            "n_params": sum(t.numel() for t in model.parameters()),
+            "n_params": n_params(model),
         })
     return dest
 

@@ -1,0 +1,830 @@
+"""HookedMamba: a Mamba-1 language model with TransformerLens-style hook points (MambaLens-compatible names).
+
+The architecture is exactly mamba_ssm's ``MambaLMHeadModel`` / HF ``MambaForCausalLM`` (Mamba-1):
+
+    r_0 = embed(tokens)
+    for each block:  r <- r + out_proj( SSM( SiLU(conv(x_in)) ) * SiLU(z) ),   [x_in, z] = in_proj(RMSNorm(r))
+    logits = lm_head(RMSNorm_f(r))
+
+Glossary of symbols (used in the shape comments on every tensor line)
+    B   batch size                          L   sequence length (positions)
+    D   d_model (residual width)            E   d_inner = expand * D (SSM channels)
+    N   d_state (state size per channel)    R   dt_rank (rank of the Δ projection, ceil(D/16) by default)
+    K   d_conv (causal depthwise conv width, 4)
+    V   d_vocab (vocabulary size, *padded*: mamba-130m pads 50277 -> 50280; logits have V columns)
+    x_in  in_proj's x branch [B,L,E]        z   in_proj's gate branch [B,L,E] ("skip" in MambaLens)
+    x   SSM input SiLU(conv(x_in)) [B,L,E]  Δ (delta)  softplus(dt_proj(x_proj_Δ(x)) + bias) [B,L,E]
+    A   -exp(A_log) [E,N]                   Bm, C  input-dependent SSM matrices [B,L,N]
+    Ā (A_bar) = exp(Δ A) [B,L,E,N]          B̄ (B_bar) = Δ ⊗ Bm [B,L,E,N]
+    h_t = Ā_t h_{t-1} + B̄_t x_t  [B,E,N]    y_t = h_t · C_t [B,L,E]     ssm_out = y + D ⊙ x
+
+Hook points (names as in MambaLens, the tool the paper used; semantics match at every shared name)
+    hook_embed                                   [B,L,D]
+    blocks.{l}.hook_resid_pre                    [B,L,D]   residual entering block l
+    blocks.{l}.hook_normalized_input             [B,L,D]   RMSNorm(resid_pre)
+    blocks.{l}.hook_in_proj                      [B,L,E]   x branch of in_proj
+    blocks.{l}.hook_skip                         [B,L,E]   z (gate) branch of in_proj
+    blocks.{l}.hook_conv                         [B,L,E]   causal conv output, before SiLU
+    blocks.{l}.hook_ssm_input                    [B,L,E]   x = SiLU(conv)
+    blocks.{l}.hook_delta_1                      [B,L,R]   low-rank Δ pre-projection
+    blocks.{l}.hook_delta_2                      [B,L,E]   dt_proj output incl. bias, before softplus
+    blocks.{l}.hook_delta                        [B,L,E]   Δ after softplus
+    blocks.{l}.hook_A                            [E,N]     A = -exp(A_log)
+    blocks.{l}.hook_B                            [B,L,N]
+    blocks.{l}.hook_C                            [B,L,N]
+    blocks.{l}.hook_A_bar                        [B,L,E,N] exact mode only
+    blocks.{l}.hook_B_bar                        [B,L,E,N] exact mode only
+    blocks.{l}.hook_h_start                      [B,E,N]   initial state (zeros), exact mode only
+    blocks.{l}.hook_h.{t}                        [B,E,N]   state after position t (t < n_ctx), exact mode only
+    blocks.{l}.hook_y                            [B,L,E]   h·C, without the D skip
+    blocks.{l}.hook_ssm_output                   [B,L,E]   y + D ⊙ x
+    blocks.{l}.hook_after_skip                   [B,L,E]   ssm_output ⊙ SiLU(z)
+    blocks.{l}.hook_out_proj                     [B,L,D]   block output added to the residual
+    blocks.{l}.hook_resid_post                   [B,L,D]
+    hook_norm                                    [B,L,D]   final RMSNorm output
+    hook_logits                                  [B,L,V]
+
+Scan modes. ``"exact"`` runs :func:`universality_lib.models.scan.reference_scan`, the per-position
+PyTorch loop, with Ā/B̄ materialised and every state passing through ``hook_h.{t}``: patching h_t changes
+h_{t+1} = Ā_{t+1} h_t + B̄_{t+1} x_{t+1} and everything after. ``"fast"`` runs the fused numba scan (no
+[B,L,E,N] tensors, no per-position hooks) but still fires every other hook, so activation collection
+works in fast mode. The rule (our choice): with ``scan=None`` the mode is ``model.scan_mode`` (default
+"fast") *unless* a hook is attached to an exact-only point (hook_A_bar, hook_B_bar, hook_h_start,
+hook_h.*), in which case exact mode is used automatically (so ``run_with_cache()`` with no filter, which
+hooks everything, is exact). An explicit ``scan="fast"`` together with hooks on exact-only points raises
+:class:`UniversalityError`, except in ``run_with_cache(..., scan="fast")`` where exact-only names are simply
+left out of the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformer_lens import HookedRootModule
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.hook_points import HookPoint
+
+from ..errors import OfflineError, UniversalityError
+from .scan import discretize, reference_scan, selective_scan_fast
+
+__all__ = ["MambaConfig", "HookedMamba", "MambaBlock", "RMSNorm", "EXACT_ONLY_HOOKS"]
+
+EXACT_ONLY_HOOKS = ("hook_A_bar", "hook_B_bar", "hook_h_start", "hook_h")
+_EXACT_ONLY_RE = re.compile(r"(^|\.)hook_(A_bar|B_bar|h_start|h\.\d+)$")
+_OWN_FORMAT = "universality_lib.HookedMamba"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAMBA_TOKENIZER = "EleutherAI/gpt-neox-20b"  # the tokenizer of the state-spaces checkpoints
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+# ==================================================================================================
+# Config
+# ==================================================================================================
+@dataclass
+class MambaConfig:
+    """Hyper-parameters of a Mamba-1 LM. ``d_inner`` and ``dt_rank`` are derived in ``__post_init__``.
+
+    ``d_vocab`` is the (padded) number of rows of the embedding. ``n_ctx`` is the number of positions that
+    get a ``hook_h.{t}`` hook point (exact mode only); fast mode has no length limit.
+    """
+
+    d_model: int
+    n_layers: int
+    d_vocab: int
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: Optional[int] = None
+    n_ctx: int = 1024
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    conv_bias: bool = True
+    bias: bool = False
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    dt_scale: float = 1.0
+    initializer_range: float = 0.02
+    seed: Optional[int] = None
+    device: Union[str, torch.device] = "cpu"
+    dtype: Union[str, torch.dtype] = torch.float32
+    default_prepend_bos: bool = True
+    tokenizer_prepends_bos: bool = False
+    model_name: str = "custom-mamba"
+
+    def __post_init__(self):
+        if self.dt_rank in (None, "auto"):
+            self.dt_rank = math.ceil(self.d_model / 16)
+        self.device = torch.device(self.device)  # sae-lens calls .type on it: must not be a str
+        if isinstance(self.dtype, str):
+            if self.dtype.replace("torch.", "") not in _DTYPES:
+                raise UniversalityError(f"MambaConfig.dtype={self.dtype!r}: use one of {sorted(_DTYPES)}")
+            self.dtype = _DTYPES[self.dtype.replace("torch.", "")]
+        for name in ("d_model", "n_layers", "d_vocab", "d_state", "d_conv", "expand", "n_ctx"):
+            if int(getattr(self, name)) <= 0:
+                raise UniversalityError(f"MambaConfig.{name} must be a positive integer, got {getattr(self, name)}")
+
+    # TransformerLens-style aliases read by analysis code
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def n_layer(self) -> int:
+        return self.n_layers
+
+    @property
+    def vocab_size(self) -> int:
+        return self.d_vocab
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["device"] = str(self.device)
+        d["dtype"] = _dtype_name(self.dtype)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "MambaConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names - {"d_inner"}
+        if unknown:
+            raise UniversalityError(f"MambaConfig.from_dict: unknown keys {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ==================================================================================================
+# Modules
+# ==================================================================================================
+class RMSNorm(nn.Module):
+    """RMSNorm as in mamba_ssm / HF (statistics in float32, then scaled by the weight)."""
+
+    def __init__(self, d: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))  # [D]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()  # [B,L,D]
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)  # [B,L,D]
+        return self.weight * xf.to(x.dtype)  # [B,L,D]
+
+
+def _has_hooks(hp: nn.Module) -> bool:
+    """True when a HookPoint has any hook attached (forward or backward; TL registers both as forward hooks)."""
+    return bool(hp._forward_hooks) or bool(hp._forward_pre_hooks)
+
+
+class MambaBlock(nn.Module):
+    """One residual Mamba-1 block with its hook points. Parameter names follow mamba_ssm's ``Mamba`` mixer."""
+
+    def __init__(self, cfg: MambaConfig, layer: int):
+        super().__init__()
+        self.cfg = cfg
+        self.layer = layer
+        D, E, N, R, K = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
+        fk = dict(device=cfg.device, dtype=cfg.dtype)
+        self.norm = RMSNorm(D, cfg.rms_norm_eps, **fk)  # weight [D]
+        self.in_proj = nn.Linear(D, 2 * E, bias=cfg.bias, **fk)  # [2E,D]: rows 0..E-1 -> x_in, E.. -> z
+        self.conv1d = nn.Conv1d(E, E, K, groups=E, padding=K - 1, bias=cfg.conv_bias, **fk)  # weight [E,1,K]
+        self.x_proj = nn.Linear(E, R + 2 * N, bias=False, **fk)  # [R+2N,E] -> (Δ_1, B, C)
+        self.dt_proj = nn.Linear(R, E, bias=True, **fk)  # [E,R], bias [E]
+        self.A_log = nn.Parameter(torch.zeros(E, N, **fk))  # [E,N]
+        self.D = nn.Parameter(torch.ones(E, **fk))  # [E]
+        self.out_proj = nn.Linear(E, D, bias=cfg.bias, **fk)  # [D,E]
+
+        self.hook_resid_pre = HookPoint()  # [B,L,D]
+        self.hook_normalized_input = HookPoint()  # [B,L,D]
+        self.hook_in_proj = HookPoint()  # [B,L,E]
+        self.hook_skip = HookPoint()  # [B,L,E]
+        self.hook_conv = HookPoint()  # [B,L,E]
+        self.hook_ssm_input = HookPoint()  # [B,L,E]
+        self.hook_delta_1 = HookPoint()  # [B,L,R]
+        self.hook_delta_2 = HookPoint()  # [B,L,E]
+        self.hook_delta = HookPoint()  # [B,L,E]
+        self.hook_A = HookPoint()  # [E,N]
+        self.hook_B = HookPoint()  # [B,L,N]
+        self.hook_C = HookPoint()  # [B,L,N]
+        self.hook_A_bar = HookPoint()  # [B,L,E,N]
+        self.hook_B_bar = HookPoint()  # [B,L,E,N]
+        self.hook_h_start = HookPoint()  # [B,E,N]
+        self.hook_h = nn.ModuleList([HookPoint() for _ in range(cfg.n_ctx)])  # each [B,E,N]
+        self.hook_y = HookPoint()  # [B,L,E]
+        self.hook_ssm_output = HookPoint()  # [B,L,E]
+        self.hook_after_skip = HookPoint()  # [B,L,E]
+        self.hook_out_proj = HookPoint()  # [B,L,D]
+        self.hook_resid_post = HookPoint()  # [B,L,D]
+
+    def needs_exact(self, L: int) -> bool:
+        """True when a hook is attached to a point that only the exact scan fires."""
+        if _has_hooks(self.hook_A_bar) or _has_hooks(self.hook_B_bar) or _has_hooks(self.hook_h_start):
+            return True
+        return any(_has_hooks(self.hook_h[t]) for t in range(min(L, len(self.hook_h))))
+
+    def forward(self, resid: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        cfg = self.cfg
+        E, N, R = cfg.d_inner, cfg.d_state, cfg.dt_rank
+        Bsz, L, _ = resid.shape
+        resid = self.hook_resid_pre(resid)  # [B,L,D]
+        u = self.hook_normalized_input(self.norm(resid))  # [B,L,D]
+
+        xz = self.in_proj(u)  # [B,L,2E]
+        x_in = self.hook_in_proj(xz[..., :E])  # [B,L,E]
+        z = self.hook_skip(xz[..., E:])  # [B,L,E]
+
+        # causal depthwise conv over positions: conv1d wants [B,E,L]; left padding K-1, keep first L
+        conv = self.conv1d(x_in.transpose(1, 2))[..., :L].transpose(1, 2)  # [B,L,E]
+        conv = self.hook_conv(conv)  # [B,L,E]
+        x = self.hook_ssm_input(F.silu(conv))  # [B,L,E]
+
+        dbc = self.x_proj(x)  # [B,L,R+2N]
+        delta_1 = self.hook_delta_1(dbc[..., :R])  # [B,L,R]
+        Bm = self.hook_B(dbc[..., R : R + N])  # [B,L,N]
+        C = self.hook_C(dbc[..., R + N :])  # [B,L,N]
+        delta_2 = self.hook_delta_2(self.dt_proj(delta_1))  # [B,L,E] (bias included)
+        delta = self.hook_delta(F.softplus(delta_2))  # [B,L,E]
+        A = self.hook_A(-torch.exp(self.A_log.float()))  # [E,N]
+
+        if exact:
+            if L > len(self.hook_h):
+                raise UniversalityError(
+                    f"exact scan: sequence length {L} > n_ctx={len(self.hook_h)} (one hook_h.t per position); "
+                    "use scan='fast' or a model with a larger cfg.n_ctx"
+                )
+            A_bar, B_bar = discretize(delta, A, Bm)  # [B,L,E,N] each
+            A_bar = self.hook_A_bar(A_bar)  # [B,L,E,N]
+            B_bar = self.hook_B_bar(B_bar)  # [B,L,E,N]
+            h0 = self.hook_h_start(x.new_zeros(Bsz, E, N))  # [B,E,N]
+            hooked = [t for t in range(L) if _has_hooks(self.hook_h[t])]
+            state_hook = None
+            if hooked:
+                hooked_set = set(hooked)
+
+                def state_hook(t, h):  # h: [B,E,N]
+                    return self.hook_h[t](h) if t in hooked_set else h
+
+            y = reference_scan(A_bar, B_bar, x, C, h0=h0, state_hook=state_hook)  # [B,L,E]
+        else:
+            y = selective_scan_fast(x, delta, A, Bm, C)  # [B,L,E]
+        y = self.hook_y(y)  # [B,L,E]
+
+        ssm_out = self.hook_ssm_output(y + x * self.D)  # [B,L,E]
+        gated = self.hook_after_skip(ssm_out * F.silu(z))  # [B,L,E]
+        out = self.hook_out_proj(self.out_proj(gated))  # [B,L,D]
+        return self.hook_resid_post(resid + out)  # [B,L,D]
+
+
+# ==================================================================================================
+# Model
+# ==================================================================================================
+class HookedMamba(HookedRootModule):
+    """Mamba-1 LM with hook points; see the module docstring for hooks and scan modes.
+
+    Args:
+        cfg: a :class:`MambaConfig` (or a dict for :meth:`MambaConfig.from_dict`).
+        tokenizer: optional HF tokenizer (``PreTrainedTokenizerFast``); needed by ``to_tokens`` & co.
+    """
+
+    scan_mode: str = "fast"
+
+    def __init__(self, cfg: Union[MambaConfig, Dict[str, Any]], tokenizer=None):
+        super().__init__()
+        if isinstance(cfg, dict):
+            cfg = MambaConfig.from_dict(cfg)
+        self.cfg = cfg
+        self.scan_mode = "fast"
+        fk = dict(device=cfg.device, dtype=cfg.dtype)
+        ctx = torch.random.fork_rng(devices=[]) if cfg.seed is not None else _nullcontext()
+        with ctx:
+            if cfg.seed is not None:
+                torch.manual_seed(cfg.seed)
+            self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model, **fk)  # [V,D]
+            self.hook_embed = HookPoint()  # [B,L,D]
+            self.blocks = nn.ModuleList([MambaBlock(cfg, l) for l in range(cfg.n_layers)])
+            self.norm_f = RMSNorm(cfg.d_model, cfg.rms_norm_eps, **fk)  # [D]
+            self.hook_norm = HookPoint()  # [B,L,D]
+            self.lm_head = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False, **fk)  # [V,D]
+            if cfg.tie_embeddings:
+                self.lm_head.weight = self.embed.weight
+            self.hook_logits = HookPoint()  # [B,L,V]
+            self._init_weights()
+        self.tokenizer = None
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
+        self.setup()
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def _init_weights(self):
+        """mamba_ssm init: S4D-real A_log, D=1, dt bias = softplus^-1(U_log[dt_min, dt_max]), dt_proj weight
+        U(±R^-0.5 * dt_scale), zero linear biases, embedding N(0, initializer_range), out_proj kaiming-uniform
+        rescaled by 1/sqrt(n_layers) (prenorm residual rescale, one residual per block)."""
+        cfg = self.cfg
+        E, N, R = cfg.d_inner, cfg.d_state, cfg.dt_rank
+        nn.init.normal_(self.embed.weight, std=cfg.initializer_range)
+        if not cfg.tie_embeddings:
+            # mamba_ssm leaves an untied lm_head at nn.Linear's default init
+            nn.init.kaiming_uniform_(self.lm_head.weight, a=math.sqrt(5))
+        for blk in self.blocks:
+            dt_init_std = R**-0.5 * cfg.dt_scale
+            nn.init.uniform_(blk.dt_proj.weight, -dt_init_std, dt_init_std)
+            dt = torch.exp(
+                torch.rand(E, dtype=torch.float64) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
+                + math.log(cfg.dt_min)
+            ).clamp(min=cfg.dt_init_floor)  # [E]
+            inv_dt = dt + torch.log(-torch.expm1(-dt))  # [E] inverse softplus
+            blk.dt_proj.bias.copy_(inv_dt.to(blk.dt_proj.bias.dtype))
+            A = torch.arange(1, N + 1, dtype=torch.float32).repeat(E, 1)  # [E,N]
+            blk.A_log.copy_(torch.log(A).to(blk.A_log.dtype))
+            blk.D.fill_(1.0)
+            for lin in (blk.in_proj, blk.out_proj):
+                if lin.bias is not None:
+                    lin.bias.zero_()
+            nn.init.kaiming_uniform_(blk.out_proj.weight, a=math.sqrt(5))
+            blk.out_proj.weight /= math.sqrt(cfg.n_layers)
+
+    # ------------------------------------------------------------------ TL-ish accessors
+    @property
+    def W_E(self) -> torch.Tensor:
+        return self.embed.weight  # [V,D]
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        return self.lm_head.weight.T  # [D,V]
+
+    # ------------------------------------------------------------------ tokenizer face
+    def set_tokenizer(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        try:
+            ids = tokenizer("a")["input_ids"]
+            self.cfg.tokenizer_prepends_bos = bool(ids) and ids[0] == tokenizer.bos_token_id
+        except Exception:
+            self.cfg.tokenizer_prepends_bos = False
+
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise UniversalityError(
+                "this HookedMamba has no tokenizer: pass HookedMamba(cfg, tokenizer=AutoTokenizer.from_pretrained(dir)) "
+                "or call model.set_tokenizer(tok)"
+            )
+        return self.tokenizer
+
+    def to_tokens(
+        self,
+        input: Union[str, List[str]],
+        prepend_bos: Optional[bool] = None,
+        padding_side: Optional[str] = None,
+        move_to_device: bool = True,
+        truncate: bool = True,
+    ) -> torch.Tensor:
+        """Tokenize a string or list of strings to a LongTensor [B, L] (BOS = ``tokenizer.bos_token_id``).
+
+        Lists are padded with the pad token (= EOS if the tokenizer has none) on ``padding_side``.
+        ``truncate`` cuts to ``cfg.n_ctx`` positions (like TransformerLens)."""
+        tok = self._need_tokenizer()
+        if prepend_bos is None:
+            prepend_bos = self.cfg.default_prepend_bos
+        texts = [input] if isinstance(input, str) else list(input)
+        seqs = []
+        for t in texts:
+            ids = list(tok(t, add_special_tokens=False)["input_ids"])
+            if prepend_bos:
+                if tok.bos_token_id is None:
+                    raise UniversalityError("prepend_bos=True but the tokenizer has no bos_token")
+                ids = [tok.bos_token_id] + ids
+            if truncate:
+                ids = ids[: self.cfg.n_ctx]
+            seqs.append(ids)
+        L = max(len(s) for s in seqs)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        side = padding_side if padding_side in ("left", "right") else getattr(tok, "padding_side", "right")
+        rows = [([pad] * (L - len(s)) + s) if side == "left" else (s + [pad] * (L - len(s))) for s in seqs]
+        out = torch.tensor(rows, dtype=torch.long)  # [B,L]
+        return out.to(self.cfg.device) if move_to_device else out
+
+    def to_str_tokens(self, input, prepend_bos: Optional[bool] = None) -> Union[List[str], List[List[str]]]:
+        """Per-token strings of a string, a 1-D/2-D token tensor, or a list of strings."""
+        tok = self._need_tokenizer()
+        if isinstance(input, list) and input and isinstance(input[0], str):
+            return [self.to_str_tokens(s, prepend_bos=prepend_bos) for s in input]
+        if isinstance(input, str):
+            tokens = self.to_tokens(input, prepend_bos=prepend_bos)[0]  # [L]
+        else:
+            tokens = torch.as_tensor(input)
+            if tokens.dim() == 2:
+                if tokens.shape[0] != 1:
+                    return [self.to_str_tokens(row) for row in tokens]
+                tokens = tokens[0]
+        return [tok.decode([int(i)]) for i in tokens.tolist()]
+
+    def to_string(self, tokens) -> Union[str, List[str]]:
+        """Decode a 1-D token tensor/list to a string (2-D -> list of strings)."""
+        tok = self._need_tokenizer()
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() == 2:
+            return [tok.decode(row.tolist()) for row in tokens]
+        return tok.decode(tokens.tolist())
+
+    # ------------------------------------------------------------------ forward
+    def _resolve_scan(self, scan: Optional[str], L: int) -> bool:
+        """Returns True for the exact scan (see the module docstring for the rule)."""
+        mode = scan if scan is not None else self.scan_mode
+        if mode not in ("fast", "exact"):
+            raise UniversalityError(f"scan must be 'fast' or 'exact', got {mode!r}")
+        if mode == "exact":
+            return True
+        hooked = [b.layer for b in self.blocks if b.needs_exact(L)]
+        if not hooked:
+            return False
+        if scan is None:
+            return True
+        raise UniversalityError(
+            f"scan='fast' but hooks are attached to exact-only points (hook_A_bar/hook_B_bar/hook_h_start/hook_h.t) "
+            f"in blocks {hooked}; use scan='exact' or scan=None (auto)"
+        )
+
+    def forward(
+        self,
+        input: Union[torch.Tensor, str, List[str]],
+        return_type: Optional[str] = "logits",
+        scan: Optional[str] = None,
+        stop_at_layer: Optional[int] = None,
+        prepend_bos: Optional[bool] = None,
+        loss_per_token: bool = False,
+        **ignored: Any,
+    ):
+        """Run the model.
+
+        Args:
+            input: LongTensor tokens [B, L] (or [L]), or a string / list of strings (tokenized with
+                :meth:`to_tokens`, ``prepend_bos`` applies only then).
+            return_type: "logits" -> [B,L,V]; "loss" -> mean next-token cross-entropy (per token [B,L-1]
+                with ``loss_per_token=True``); "both" -> (logits, loss); None -> None.
+            scan: "fast", "exact" or None (``self.scan_mode``, switched to exact automatically when an
+                exact-only hook point has a hook).
+            stop_at_layer: if given, run blocks ``0..stop_at_layer-1`` and return that residual [B,L,D]
+                (negative values count from the end, as in TransformerLens).
+            **ignored: extra TransformerLens/sae-lens keyword arguments (e.g. ``padding_side``) are accepted
+                and ignored.
+        """
+        if isinstance(input, (str, list)):
+            tokens = self.to_tokens(input, prepend_bos=prepend_bos)  # [B,L]
+        else:
+            tokens = input
+        if not torch.is_tensor(tokens) or tokens.dtype not in (torch.long, torch.int, torch.int32, torch.int16):
+            raise UniversalityError("HookedMamba.forward expects a LongTensor of token ids [B, L], a str or a list[str]")
+        if tokens.dim() == 1:
+            tokens = tokens.unsqueeze(0)  # [1,L]
+        tokens = tokens.to(self.embed.weight.device).long()  # [B,L]
+        if return_type not in ("logits", "loss", "both", None):
+            raise UniversalityError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        L = tokens.shape[1]
+        exact = self._resolve_scan(scan, L)
+
+        n_run = self.cfg.n_layers
+        if stop_at_layer is not None:
+            n_run = stop_at_layer if stop_at_layer >= 0 else self.cfg.n_layers + stop_at_layer
+
+        resid = self.hook_embed(self.embed(tokens))  # [B,L,D]
+        for blk in self.blocks[:n_run]:
+            resid = blk(resid, exact=exact)  # [B,L,D]
+        if stop_at_layer is not None:
+            return resid  # [B,L,D]
+
+        normed = self.hook_norm(self.norm_f(resid))  # [B,L,D]
+        logits = self.hook_logits(self.lm_head(normed))  # [B,L,V]
+        if return_type is None:
+            return None
+        if return_type == "logits":
+            return logits
+        loss = self.loss_fn(logits, tokens, per_token=loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    @staticmethod
+    def loss_fn(logits: torch.Tensor, tokens: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+        """Next-token cross-entropy: logits[:, :-1] predict tokens[:, 1:]. Mean, or [B, L-1] per token."""
+        V = logits.shape[-1]
+        lp = logits[:, :-1].float()  # [B,L-1,V]
+        tgt = tokens[:, 1:]  # [B,L-1]
+        loss = F.cross_entropy(lp.reshape(-1, V), tgt.reshape(-1), reduction="none").view(tgt.shape)  # [B,L-1]
+        return loss if per_token else loss.mean()
+
+    def run_with_cache(self, *model_args, names_filter=None, return_cache_object: bool = True, **kwargs):
+        """TransformerLens ``run_with_cache``. Returns ``(output, ActivationCache)``.
+
+        With ``scan="fast"`` the exact-only hook points are removed from ``names_filter`` (they do not
+        fire in fast mode); otherwise asking for them switches the run to the exact scan."""
+        if kwargs.get("scan") == "fast":
+            base = names_filter
+            if base is None:
+                keep = lambda name: True  # noqa: E731
+            elif isinstance(base, str):
+                keep = lambda name, s=base: name == s  # noqa: E731
+            elif callable(base):
+                keep = base
+            else:
+                keep = lambda name, s=frozenset(base): name in s  # noqa: E731
+            names_filter = lambda name: keep(name) and not _EXACT_ONLY_RE.search(name)  # noqa: E731
+        out, cache = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
+        if return_cache_object:
+            cache = ActivationCache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
+        return out, cache
+
+    # ------------------------------------------------------------------ saving / loading
+    def save(self, folder: Union[str, os.PathLike]) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (+ the tokenizer, if any) to ``folder`` (atomic per file)."""
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        if self.cfg.tie_embeddings:
+            tensors.pop("lm_head.weight", None)
+        meta = {"format": _OWN_FORMAT, "version": 1, "config": self.cfg.to_dict()}
+        _atomic_write(os.path.join(folder, "model.safetensors"), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        _atomic_write(
+            os.path.join(folder, "config.json"),
+            lambda p: open(p, "w").write(json.dumps(meta, indent=2, sort_keys=True)),
+        )
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(folder)
+
+    @classmethod
+    def load(cls, folder, tokenizer=None, device=None) -> "HookedMamba":
+        """Load a folder written by :meth:`save`."""
+        from safetensors.torch import load_file
+
+        cfg_path = os.path.join(folder, "config.json")
+        meta = _read_json(cfg_path)
+        if meta.get("format") != _OWN_FORMAT:
+            raise UniversalityError(f"{cfg_path} is not a {_OWN_FORMAT} config (use from_pretrained to detect formats)")
+        cfgd = dict(meta["config"])
+        if device is not None:
+            cfgd["device"] = str(device)
+        cfg = MambaConfig.from_dict(cfgd)
+        sd = load_file(os.path.join(folder, "model.safetensors"), device=str(cfg.device))
+        if tokenizer is None:
+            tokenizer = _local_tokenizer(folder)
+        return cls._from_state_dict(cfg, sd, tokenizer)
+
+    @classmethod
+    def _from_state_dict(cls, cfg: MambaConfig, sd: Dict[str, torch.Tensor], tokenizer=None) -> "HookedMamba":
+        seed_cfg = dataclasses.replace(cfg, seed=0)  # weights are overwritten; avoid touching the global RNG
+        model = cls(seed_cfg, tokenizer=tokenizer)
+        model.cfg.seed = cfg.seed
+        sd = dict(sd)
+        if cfg.tie_embeddings:
+            sd.pop("lm_head.weight", None)
+            sd["lm_head.weight"] = sd["embed.weight"]
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise UniversalityError(f"checkpoint does not match the config: missing {missing}, unexpected {unexpected}")
+        return model
+
+    @classmethod
+    def from_state_spaces(cls, path, tokenizer=None, device=None, dtype=None) -> "HookedMamba":
+        """Load a mamba_ssm ``MambaLMHeadModel`` folder (``config.json`` + ``pytorch_model.bin``).
+
+        ``d_vocab`` is the padded size (``vocab_size`` rounded up to ``pad_vocab_size_multiple``, as mamba_ssm
+        does; mamba-130m: 50277 -> 50280); the extra rows are never produced by the tokenizer."""
+        conf = _read_json(os.path.join(path, "config.json"))
+        ssm = dict(conf.get("ssm_cfg") or {})
+        if ssm.get("layer", "Mamba1") != "Mamba1":
+            raise UniversalityError(f"{path}: ssm_cfg.layer={ssm['layer']!r}; only Mamba-1 checkpoints are supported")
+        if not conf.get("rms_norm", True):
+            raise UniversalityError(f"{path}: rms_norm=false (LayerNorm) checkpoints are not supported")
+        if conf.get("d_intermediate", 0):
+            raise UniversalityError(f"{path}: d_intermediate>0 (MLP after each mixer) is not supported")
+        sd = _load_weights(path)
+        vocab = conf["vocab_size"]
+        mult = conf.get("pad_vocab_size_multiple", 8) or 1
+        if vocab % mult:
+            vocab += mult - vocab % mult
+        vocab = sd["backbone.embedding.weight"].shape[0] if "backbone.embedding.weight" in sd else vocab
+        cfg = MambaConfig(
+            d_model=conf["d_model"],
+            n_layers=conf["n_layer"],
+            d_vocab=vocab,
+            d_state=ssm.get("d_state", 16),
+            d_conv=ssm.get("d_conv", 4),
+            expand=ssm.get("expand", 2),
+            dt_rank=ssm.get("dt_rank", "auto"),
+            conv_bias=ssm.get("conv_bias", True),
+            bias=ssm.get("bias", False),
+            dt_min=ssm.get("dt_min", 0.001),
+            dt_max=ssm.get("dt_max", 0.1),
+            dt_init_floor=ssm.get("dt_init_floor", 1e-4),
+            rms_norm_eps=conf.get("norm_epsilon", 1e-5),
+            tie_embeddings=conf.get("tie_embeddings", True),
+            device=device or "cpu",
+            dtype=dtype or torch.float32,
+            model_name=os.path.basename(os.path.normpath(str(path))),
+        )
+        new = {}
+        for k, v in sd.items():
+            k2 = k.replace("backbone.", "", 1).replace("embedding.weight", "embed.weight")
+            k2 = re.sub(r"^layers\.(\d+)\.mixer\.", r"blocks.\1.", k2)
+            k2 = re.sub(r"^layers\.(\d+)\.norm\.", r"blocks.\1.norm.", k2)
+            new[k2] = v.to(device=cfg.device, dtype=cfg.dtype)
+        if tokenizer is None:
+            tokenizer = _local_tokenizer(path)
+        return cls._from_state_dict(cfg, new, tokenizer)
+
+    @classmethod
+    def from_hf(cls, path, tokenizer=None, device=None, dtype=None) -> "HookedMamba":
+        """Load a transformers ``MambaForCausalLM`` folder (``save_pretrained`` format, safetensors or bin)."""
+        conf = _read_json(os.path.join(path, "config.json"))
+        if conf.get("model_type", "mamba") != "mamba":
+            raise UniversalityError(f"{path}: model_type={conf.get('model_type')!r}, expected 'mamba'")
+        d_model = conf["hidden_size"]
+        expand = conf.get("expand", 2)
+        if conf.get("intermediate_size", expand * d_model) != expand * d_model:
+            raise UniversalityError(f"{path}: intermediate_size != expand * hidden_size is not supported")
+        sd = _load_weights(path)
+        cfg = MambaConfig(
+            d_model=d_model,
+            n_layers=conf["num_hidden_layers"],
+            d_vocab=sd["backbone.embeddings.weight"].shape[0],
+            d_state=conf.get("state_size", 16),
+            d_conv=conf.get("conv_kernel", 4),
+            expand=expand,
+            dt_rank=conf.get("time_step_rank", "auto"),
+            conv_bias=conf.get("use_conv_bias", True),
+            bias=conf.get("use_bias", False),
+            dt_min=conf.get("time_step_min", 0.001),
+            dt_max=conf.get("time_step_max", 0.1),
+            dt_init_floor=conf.get("time_step_floor", 1e-4),
+            dt_scale=conf.get("time_step_scale", 1.0),
+            rms_norm_eps=conf.get("layer_norm_epsilon", 1e-5),
+            tie_embeddings=conf.get("tie_word_embeddings", True),
+            device=device or "cpu",
+            dtype=dtype or torch.float32,
+            model_name=os.path.basename(os.path.normpath(str(path))),
+        )
+        new = {}
+        for k, v in sd.items():
+            k2 = k.replace("backbone.", "", 1).replace("embeddings.weight", "embed.weight")
+            k2 = re.sub(r"^layers\.(\d+)\.mixer\.", r"blocks.\1.", k2)
+            k2 = re.sub(r"^layers\.(\d+)\.norm\.", r"blocks.\1.norm.", k2)
+            new[k2] = v.to(device=cfg.device, dtype=cfg.dtype)
+        if tokenizer is None:
+            tokenizer = _local_tokenizer(path)
+        return cls._from_state_dict(cfg, new, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, tokenizer=None, device=None, dtype=None) -> "HookedMamba":
+        """Local folder (own / state-spaces / HF format, detected from ``config.json``) or a hub repo id.
+
+        Hub ids (e.g. the paper's ``"state-spaces/mamba-130m"``) are fetched with
+        ``huggingface_hub.snapshot_download``; any offline/connection failure raises :class:`OfflineError`.
+        A state-spaces snapshot without tokenizer files gets the GPT-NeoX-20B tokenizer (also from the hub)."""
+        path = str(name_or_path)
+        if not os.path.isdir(path):
+            path = _snapshot(path, allow=["config.json", "*.bin", "*.safetensors", "*.json", "*.txt", "*.model"])
+            if tokenizer is None and _local_tokenizer(path) is None:
+                tokenizer = _hub_tokenizer(MAMBA_TOKENIZER, what=name_or_path)
+        conf = _read_json(os.path.join(path, "config.json"))
+        if conf.get("format") == _OWN_FORMAT:
+            return cls.load(path, tokenizer=tokenizer, device=device)
+        if "d_model" in conf and "n_layer" in conf:
+            return cls.from_state_spaces(path, tokenizer=tokenizer, device=device, dtype=dtype)
+        if conf.get("model_type") == "mamba" or "hidden_size" in conf:
+            return cls.from_hf(path, tokenizer=tokenizer, device=device, dtype=dtype)
+        raise UniversalityError(f"{path}/config.json: not a HookedMamba, state-spaces or HF Mamba config")
+
+
+# ==================================================================================================
+# helpers
+# ==================================================================================================
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+
+def _read_json(p: str) -> Dict[str, Any]:
+    if not os.path.isfile(p):
+        raise UniversalityError(f"missing {p}")
+    with open(p) as f:
+        return json.load(f)
+
+
+def _atomic_write(final: str, write) -> None:
+    d = os.path.dirname(os.path.abspath(final))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(final), dir=d)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _load_weights(path: str) -> Dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder: model.safetensors, sharded safetensors, or pytorch_model.bin."""
+    from safetensors.torch import load_file
+
+    files = sorted(os.listdir(path))
+    st = [f for f in files if f.endswith(".safetensors")]
+    if st:
+        sd = {}
+        for f in st:
+            sd.update(load_file(os.path.join(path, f)))
+        return sd
+    bins = [f for f in files if f.endswith(".bin") and f.startswith("pytorch_model")]
+    if bins:
+        sd = {}
+        for f in bins:
+            sd.update(torch.load(os.path.join(path, f), map_location="cpu", weights_only=True))
+        return sd
+    raise UniversalityError(f"{path}: no model.safetensors or pytorch_model.bin")
+
+
+def _local_tokenizer(path: str):
+    if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _offline_env() -> bool:
+    truthy = {"1", "true", "yes", "on"}
+    if any(os.environ.get(v, "").strip().lower() in truthy for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:
+        return False
+
+
+def _offline_error(repo: str, exc: BaseException) -> OfflineError:
+    return OfflineError(
+        f"cannot fetch {repo!r} from the Hugging Face hub ({type(exc).__name__}); the paper preset needs internet "
+        "(or a pre-filled HF cache): use a local folder instead"
+    )
+
+
+def _snapshot(repo: str, allow: List[str]) -> str:
+    try:
+        from huggingface_hub import snapshot_download
+    except Exception as exc:  # pragma: no cover
+        raise _offline_error(repo, exc) from exc
+    offline = _offline_env()
+    try:
+        return snapshot_download(repo, allow_patterns=allow, local_files_only=offline)
+    except Exception as exc:
+        if _is_connection_error(exc) or offline:
+            raise _offline_error(repo, exc) from exc
+        raise UniversalityError(f"cannot fetch {repo!r} from the Hugging Face hub: {exc}") from exc
+
+
+def _hub_tokenizer(repo: str, what: str):
+    path = _snapshot(repo, allow=["*.json", "*.txt", "*.model"])
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    names = {
+        "LocalEntryNotFoundError",
+        "OfflineModeIsEnabled",
+        "ConnectionError",
+        "ConnectTimeout",
+        "ConnectError",
+        "ReadTimeout",
+        "Timeout",
+        "TimeoutException",
+        "NetworkError",
+        "ProxyError",
+        "gaierror",
+    }
+    seen = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if any(c.__name__ in names for c in type(e).__mro__) or isinstance(e, (ConnectionError, TimeoutError)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
