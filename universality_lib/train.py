@@ -93,7 +93,7 @@ def train(model, stream: TokenStream, cfg: TrainConfig, out_dir: str | Path, *, 
     ``eval_fn(model) -> dict`` is called every ``eval_every`` steps and logged. ``max_steps`` stops early
     (a sitting of a longer resumable run). Returns the final state; the log is ``out_dir/log.jsonl``.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,9 @@ def train(model, stream: TokenStream, cfg: TrainConfig, out_dir: str | Path, *, 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
     log = open(out_dir / "log.jsonl", "a")
     stop = total if max_steps is None else min(total, state.step + max_steps)
-    bar = tqdm(total=total, initial=state.step, disable=not progress, desc=out_dir.name, unit="step")
+    # few, slow updates: in an executed notebook every update is kept as a line of output
+    bar = tqdm(total=total, initial=state.step, disable=not progress, desc=out_dir.name, unit="step",
+               mininterval=10, miniters=max(1, total // 20))
     t0 = time.time()
     wall0 = state.wall_seconds
     try:

@@ -75,7 +75,7 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint
 
 from ..errors import OfflineError, UniversalityError
-from .scan import discretize, reference_scan, selective_scan_fast
+from .scan import causal_conv1d, discretize, reference_scan, selective_scan_fast
 
 __all__ = ["MambaConfig", "HookedMamba", "MambaBlock", "RMSNorm", "EXACT_ONLY_HOOKS"]
 
@@ -240,19 +240,20 @@ class MambaBlock(nn.Module):
         resid = self.hook_resid_pre(resid)  # [B,L,D]
         u = self.hook_normalized_input(self.norm(resid))  # [B,L,D]
 
-        xz = self.in_proj(u)  # [B,L,2E]
-        x_in = self.hook_in_proj(xz[..., :E])  # [B,L,E]
-        z = self.hook_skip(xz[..., E:])  # [B,L,E]
+        # in_proj as two matmuls on the halves of its weight: contiguous outputs, no slice backward
+        W_x, W_z = self.in_proj.weight.split(E, dim=0)  # [E,D] each
+        b_x, b_z = self.in_proj.bias.split(E) if self.in_proj.bias is not None else (None, None)  # [E] each
+        x_in = self.hook_in_proj(F.linear(u, W_x, b_x))  # [B,L,E]
+        z = self.hook_skip(F.linear(u, W_z, b_z))  # [B,L,E]
 
-        # causal depthwise conv over positions: conv1d wants [B,E,L]; left padding K-1, keep first L
-        conv = self.conv1d(x_in.transpose(1, 2))[..., :L].transpose(1, 2)  # [B,L,E]
-        conv = self.hook_conv(conv)  # [B,L,E]
+        # causal depthwise conv over positions, left padding K-1 (numba kernel in [B,L,E] layout)
+        conv = self.hook_conv(causal_conv1d(x_in, self.conv1d.weight, self.conv1d.bias))  # [B,L,E]
         x = self.hook_ssm_input(F.silu(conv))  # [B,L,E]
 
-        dbc = self.x_proj(x)  # [B,L,R+2N]
-        delta_1 = self.hook_delta_1(dbc[..., :R])  # [B,L,R]
-        Bm = self.hook_B(dbc[..., R : R + N])  # [B,L,N]
-        C = self.hook_C(dbc[..., R + N :])  # [B,L,N]
+        delta_1, Bm, C = self.x_proj(x).split([R, N, N], dim=-1)  # [B,L,R], [B,L,N], [B,L,N]
+        delta_1 = self.hook_delta_1(delta_1)  # [B,L,R]
+        Bm = self.hook_B(Bm)  # [B,L,N]
+        C = self.hook_C(C)  # [B,L,N]
         delta_2 = self.hook_delta_2(self.dt_proj(delta_1))  # [B,L,E] (bias included)
         delta = self.hook_delta(F.softplus(delta_2))  # [B,L,E]
         A = self.hook_A(-torch.exp(self.A_log.float()))  # [E,N]
@@ -517,10 +518,11 @@ class HookedMamba(HookedRootModule):
     @staticmethod
     def loss_fn(logits: torch.Tensor, tokens: torch.Tensor, per_token: bool = False) -> torch.Tensor:
         """Next-token cross-entropy: logits[:, :-1] predict tokens[:, 1:]. Mean, or [B, L-1] per token."""
-        V = logits.shape[-1]
-        lp = logits[:, :-1].float()  # [B,L-1,V]
-        tgt = tokens[:, 1:]  # [B,L-1]
-        loss = F.cross_entropy(lp.reshape(-1, V), tgt.reshape(-1), reduction="none").view(tgt.shape)  # [B,L-1]
+        Bsz, L, V = logits.shape
+        # targets shifted left; the last position gets ignore_index, so logits are never sliced/copied
+        tgt = torch.cat([tokens[:, 1:], tokens.new_full((Bsz, 1), -100)], dim=1)  # [B,L]
+        loss = F.cross_entropy(logits.reshape(-1, V).float(), tgt.reshape(-1), ignore_index=-100, reduction="none")
+        loss = loss.view(Bsz, L)[:, :-1]  # [B,L-1]
         return loss if per_token else loss.mean()
 
     def run_with_cache(self, *model_args, names_filter=None, return_cache_object: bool = True, **kwargs):
