@@ -70,3 +70,26 @@ def induction_check(model, tokens: torch.Tensor, threshold: float = 0.5) -> Indu
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
+
+
+def head_scores(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Standard attention-head scores on repeated random tokens (Transformer only).
+
+    * induction score: mean attention from a token of the repeat to the token *after* its earlier copy
+      (query position ``i`` in the second copy, key position ``i - S + 1``);
+    * previous-token score: mean attention from each position to the one before it.
+
+    Returns ``{"induction": [n_layers, n_heads], "previous": [n_layers, n_heads]}``.
+    """
+    S = (tokens.shape[1] - 1) // 2
+    names = lambda n: n.endswith("attn.hook_pattern")  # noqa: E731
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens.to(_device(model)), names_filter=names)
+    ind, prev = [], []
+    for layer in range(model.cfg.n_layers):
+        pat = cache[f"blocks.{layer}.attn.hook_pattern"].float().cpu()  # [n, H, L, L] (query, key)
+        q = torch.arange(S + 1, 2 * S + 1)  # queries in the second copy (tokens at positions S+1..2S)
+        ind.append(pat[:, :, q, q - S + 1].mean(dim=(0, 2)))  # [H]
+        q2 = torch.arange(1, tokens.shape[1])
+        prev.append(pat[:, :, q2, q2 - 1].mean(dim=(0, 2)))
+    return {"induction": torch.stack(ind), "previous": torch.stack(prev)}
