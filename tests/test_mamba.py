@@ -258,9 +258,9 @@ def test_patch_state(model):
 
         fwd = [(f"blocks.0.hook_h.{t_patch}", patch), (f"blocks.0.hook_h.{t_patch + 1}", grab)]
         patched_logits = model.run_with_hooks(toks, fwd_hooks=fwd)
-    A_bar = clean[f"blocks.0.hook_A_bar"][:, t_patch + 1]  # [B,E,N]
-    B_bar = clean[f"blocks.0.hook_B_bar"][:, t_patch + 1]  # [B,E,N]
-    x = clean[f"blocks.0.hook_ssm_input"][:, t_patch + 1]  # [B,E]
+    A_bar = clean["blocks.0.hook_A_bar"][:, t_patch + 1]  # [B,E,N]
+    B_bar = clean["blocks.0.hook_B_bar"][:, t_patch + 1]  # [B,E,N]
+    x = clean["blocks.0.hook_ssm_input"][:, t_patch + 1]  # [B,E]
     expected = A_bar * new_h + B_bar * x.unsqueeze(-1)
     assert torch.allclose(store[f"blocks.0.hook_h.{t_patch + 1}"], expected, atol=1e-6)
     assert torch.equal(patched_logits[:, :t_patch], clean_logits[:, :t_patch])

@@ -36,8 +36,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import cache
-from .errors import OfflineError, StreamMismatchError, UniversalityError
+from . import cache, hub
+from .errors import StreamMismatchError, UniversalityError
 from .presets import Preset, get as get_preset
 
 EOT = "<|endoftext|>"
@@ -97,17 +97,9 @@ def hub_documents(name: str, split: str = "train", text_column: str = "text",
             docs[f"{name}/{i:08d}"] = row[text_column]
         return docs
     except Exception as e:  # datasets raises many different types when offline
-        if _looks_offline(e):
-            raise OfflineError(f"dataset {name!r} needs the Hugging Face hub and this machine is offline: "
-                               f"use preset 'tiny' (offline) or run with internet access.") from e
+        if hub.offline_env() or hub.is_connection_error(e):
+            raise hub.offline_error(name, "dataset", e) from e
         raise
-
-
-def _looks_offline(e: BaseException) -> bool:
-    text = f"{type(e).__name__} {e}".lower()
-    keys = ("offline", "connect", "resolve", "network", "max retries", "couldn't reach", "timed out",
-            "name or service", "temporary failure", "localentrynotfound", "hf_hub_offline")
-    return any(k in text for k in keys) or (e.__cause__ is not None and _looks_offline(e.__cause__))
 
 
 def documents(preset: "str | Preset", split: str | None = None) -> dict[str, str]:
@@ -193,7 +185,7 @@ def tokenizer_folder(preset: "str | Preset") -> Path:
     """Folder of the preset's tokenizer: shipped (tiny), cached (smoke, trained on demand) or hub (paper)."""
     p = get_preset(preset)
     if p.corpus.tokenizer is not None:
-        return _hub_tokenizer_folder(p.corpus.tokenizer)
+        return hub.snapshot(p.corpus.tokenizer, ["*.json", "*.txt", "*.model"], what="tokenizer")
     if p.shipped:
         from .zoo import shipped_dir  # lazy: zoo imports corpus
 
@@ -209,18 +201,6 @@ def tokenizer_folder(preset: "str | Preset") -> Path:
         train_tokenizer(docs.values(), p.corpus.vocab_size, tmp)
 
     return cache.cached_folder("tokenizer", key, build)
-
-
-def _hub_tokenizer_folder(name: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.model"]))
-    except Exception as e:
-        if _looks_offline(e) or os.environ.get("HF_HUB_OFFLINE"):
-            raise OfflineError(f"tokenizer {name!r} needs the Hugging Face hub and this machine is offline: "
-                               f"use preset 'tiny' (offline) or run with internet access.") from e
-        raise
 
 
 def load_tokenizer(preset: "str | Preset" = "tiny"):

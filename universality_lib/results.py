@@ -38,7 +38,6 @@ import math
 import numbers
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 

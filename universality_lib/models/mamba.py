@@ -74,7 +74,8 @@ from transformer_lens import HookedRootModule
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint
 
-from ..errors import OfflineError, UniversalityError
+from .. import hub
+from ..errors import UniversalityError
 from .scan import causal_conv1d, discretize, reference_scan, selective_scan_fast
 
 __all__ = ["MambaConfig", "HookedMamba", "MambaBlock", "RMSNorm", "EXACT_ONLY_HOOKS"]
@@ -695,9 +696,10 @@ class HookedMamba(HookedRootModule):
         A state-spaces snapshot without tokenizer files gets the GPT-NeoX-20B tokenizer (also from the hub)."""
         path = str(name_or_path)
         if not os.path.isdir(path):
-            path = _snapshot(path, allow=["config.json", "*.bin", "*.safetensors", "*.json", "*.txt", "*.model"])
+            path = str(hub.snapshot(path, ["config.json", "*.bin", "*.safetensors", "*.json", "*.txt", "*.model"],
+                                    what="Mamba model"))
             if tokenizer is None and _local_tokenizer(path) is None:
-                tokenizer = _hub_tokenizer(MAMBA_TOKENIZER, what=name_or_path)
+                tokenizer = hub.tokenizer(MAMBA_TOKENIZER)
         conf = _read_json(os.path.join(path, "config.json"))
         if conf.get("format") == _OWN_FORMAT:
             return cls.load(path, tokenizer=tokenizer, device=device)
@@ -766,67 +768,3 @@ def _local_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
-
-
-def _offline_env() -> bool:
-    truthy = {"1", "true", "yes", "on"}
-    if any(os.environ.get(v, "").strip().lower() in truthy for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:
-        return False
-
-
-def _offline_error(repo: str, exc: BaseException) -> OfflineError:
-    return OfflineError(
-        f"cannot fetch {repo!r} from the Hugging Face hub ({type(exc).__name__}); the paper preset needs internet "
-        "(or a pre-filled HF cache): use a local folder instead"
-    )
-
-
-def _snapshot(repo: str, allow: List[str]) -> str:
-    try:
-        from huggingface_hub import snapshot_download
-    except Exception as exc:  # pragma: no cover
-        raise _offline_error(repo, exc) from exc
-    offline = _offline_env()
-    try:
-        return snapshot_download(repo, allow_patterns=allow, local_files_only=offline)
-    except Exception as exc:
-        if _is_connection_error(exc) or offline:
-            raise _offline_error(repo, exc) from exc
-        raise UniversalityError(f"cannot fetch {repo!r} from the Hugging Face hub: {exc}") from exc
-
-
-def _hub_tokenizer(repo: str, what: str):
-    path = _snapshot(repo, allow=["*.json", "*.txt", "*.model"])
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    names = {
-        "LocalEntryNotFoundError",
-        "OfflineModeIsEnabled",
-        "ConnectionError",
-        "ConnectTimeout",
-        "ConnectError",
-        "ReadTimeout",
-        "Timeout",
-        "TimeoutException",
-        "NetworkError",
-        "ProxyError",
-        "gaierror",
-    }
-    seen = set()
-    e: Optional[BaseException] = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if any(c.__name__ in names for c in type(e).__mro__) or isinstance(e, (ConnectionError, TimeoutError)):
-            return True
-        e = e.__cause__ or e.__context__
-    return False

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import OfflineError, UniversalityError
+from .. import hub
+from ..errors import UniversalityError
 from ..presets import TransformerConfig
 
 
@@ -65,25 +66,6 @@ def make_transformer(size: TransformerConfig, d_vocab: int, seed: int | None = 0
     return model
 
 
-def resolve_hub_folder(name_or_folder: str | os.PathLike, what: str = "model",
-                       allow_patterns: list[str] | None = None) -> Path:
-    """A local folder as is, else download a hub snapshot; offline gives one clear ``OfflineError``."""
-    p = Path(name_or_folder)
-    if p.is_dir():
-        return p
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE", "").lower() == "true":
-        raise OfflineError(f"{what} {name_or_folder!r} is not a local folder and HF_HUB_OFFLINE is set: the "
-                           f"'paper' preset needs internet (e.g. Colab); use preset 'tiny' offline.")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(name_or_folder), allow_patterns=allow_patterns))
-    except Exception as e:
-        raise OfflineError(f"could not fetch {what} {name_or_folder!r} from the Hugging Face hub "
-                           f"({type(e).__name__}): the 'paper' preset needs internet (e.g. Colab); "
-                           f"use preset 'tiny' offline.") from e
-
-
 def load_gpt_neox(name_or_folder: str | os.PathLike, tokenizer=None, device: str = "cpu",
                   dtype: torch.dtype = torch.float32, fold_ln: bool = True,
                   center_writing_weights: bool = True, center_unembed: bool = True):
@@ -93,8 +75,8 @@ def load_gpt_neox(name_or_folder: str | os.PathLike, tokenizer=None, device: str
     from transformer_lens.pretrained.weight_conversions.neox import convert_neox_weights
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
-    folder = resolve_hub_folder(name_or_folder, "GPT-NeoX model",
-                                ["*.json", "*.safetensors", "*.txt", "*.model"])
+    folder = hub.snapshot(str(name_or_folder), ["*.json", "*.safetensors", "*.txt", "*.model"],
+                          what="GPT-NeoX model")
     import json
 
     archs = json.loads((folder / "config.json").read_text()).get("architectures") or ["?"]
