@@ -95,20 +95,15 @@ def build_mamba_lens(ours: HookedMamba):
 
 
 def build_transformer(args, n_layers):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    """The library's own Pythia-style Transformer (what the zoo trains), at the benchmark's sizes."""
+    from universality_lib.models.transformer import make_transformer
+    from universality_lib.presets import TransformerConfig
 
-    kw = dict(
-        n_layers=n_layers, d_model=args.d_model, n_heads=4, d_head=args.d_model // 4, d_mlp=4 * args.d_model,
-        d_vocab=args.vocab, n_ctx=args.ctx, act_fn="gelu", normalization_type="LN",
-        positional_embedding_type="rotary", rotary_dim=8, parallel_attn_mlp=True, device="cpu", seed=0,
-    )
-    try:
-        cfg = HookedTransformerConfig(original_architecture="GPTNeoXForCausalLM", **kw)
-    except Exception:  # field not accepted by this TransformerLens version
-        cfg = HookedTransformerConfig(**kw)
+    size = TransformerConfig(n_layers=n_layers, d_model=args.d_model, n_heads=4, d_mlp=4 * args.d_model,
+                             n_ctx=args.ctx)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return HookedTransformer(cfg)
+        return make_transformer(size, args.vocab, seed=0)
 
 
 def train_step_fn(model, tokens, **kw):
@@ -129,6 +124,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--ctx", type=int, default=256)
+    p.add_argument("--preset", default=None, help="take batch, context, d_model, vocab and layers from a preset")
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--tf-layers", type=int, default=4, help="Transformer layers L (Mamba gets 2L)")
@@ -137,6 +133,12 @@ def main(argv=None):
     p.add_argument("--slow-steps", type=int, default=2, help="timed forward calls for the slow references")
     p.add_argument("--skip-references", action="store_true", help="skip HF / mamba-lens forward timings")
     args = p.parse_args(argv)
+    if args.preset:
+        from universality_lib import presets
+
+        pr = presets.get(args.preset)
+        args.batch, args.ctx = pr.train.batch_size, pr.train.context
+        args.d_model, args.vocab, args.tf_layers = pr.transformer.d_model, pr.corpus.vocab_size, pr.transformer.n_layers
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
