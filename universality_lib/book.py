@@ -36,7 +36,13 @@ from typing import Iterator, Sequence
 
 from .errors import UniversalityError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository root of an editable install / a clone
+
+
+def default_root() -> Path:
+    """The book to run: the current folder if it holds a ``_toc.yml`` (a clone), else the repository root."""
+    here = Path.cwd()
+    return here if (here / "_toc.yml").exists() else ROOT
 KERNEL_NAME = "python3"
 _COPY_IGNORE = shutil.ignore_patterns(".ipynb_checkpoints", "_build", "__pycache__", "*.pyc", ".DS_Store")
 _PAGE_SUFFIXES = (".ipynb", ".md", ".rst")
@@ -86,7 +92,7 @@ def toc_pages(root: str | os.PathLike | None = None) -> list[Path]:
     """The pages of the book in ``_toc.yml`` order (absolute paths; ``.ipynb`` and ``.md``)."""
     import yaml
 
-    root = Path(root) if root is not None else ROOT
+    root = Path(root) if root is not None else default_root()
     toc_path = root / "_toc.yml"
     if not toc_path.exists():
         raise UniversalityError(f"no _toc.yml in {root}: pass root= the folder that holds the book's _toc.yml.")
@@ -283,7 +289,7 @@ def build_book(
     from . import presets
 
     presets.get(preset)  # UniversalityError for an unknown preset, before anything runs
-    root = Path(root).resolve() if root is not None else ROOT
+    root = Path(root).resolve() if root is not None else default_root()
     notebooks = chapter_notebooks(root)
     selected = _select(notebooks, chapters, root)
 
