@@ -90,6 +90,36 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SAEConfig:
+    """Sparse autoencoders (saes.py, trained with sae-lens): one config for both families of a preset.
+
+    The paper does not give its SAE hyper-parameters (paper digest, section 2.2); these are the book's
+    choices. Dictionary size = ``expansion_factor * d_model``, the same factor for T and M. Activations are
+    rescaled per token to norm sqrt(d_model) before the SAE (sae-lens ``constant_norm_rescale``; the
+    reconstruction loss is taken in that normalised space), so one L1 coefficient means the same for
+    both families. BOS / separator positions are left out.
+    """
+
+    architecture: str = "standard"  # "standard" (ReLU + L1, the paper's) or "topk"
+    expansion_factor: int = 16
+    l1_coefficient: float = 5.0  # standard: weight of sum_i f_i(x) ||W_dec[:, i]|| (sae-lens' L1 term)
+    l1_warm_up_frac: float = 0.05  # fraction of the steps over which the L1 weight ramps up from 0
+    k: int = 64  # topk: active features per token
+    training_tokens: int = 5_000_000
+    batch_tokens: int = 4096
+    lr: float = 4e-4
+    lr_warm_up_frac: float = 0.01
+    lr_decay_frac: float = 0.2  # linear decay to 0 over the last fraction of the steps
+    context: int = 128  # row length of the sae_train rows fed to the model
+    n_batches_in_buffer: int = 16  # sae-lens mixing buffer, in model batches
+    store_batch_rows: int = 16  # rows per model forward pass while collecting activations
+    dead_feature_window: int = 1000  # steps (sae-lens' dead-feature statistic during training)
+    eval_tokens: int = 50_000  # eval tokens for the quality metrics (dead = never fired on these)
+    seeds: tuple[int, ...] = (0, 1)  # SAE seed 0 on every model and layer; the others only on seed_skyline
+    seed_skyline: str = "T"  # the model that gets the extra SAE seeds (the SAE-seed skyline)
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     description: str
@@ -106,6 +136,7 @@ class Preset:
     shipped: bool = False  # checkpoints live in the repository (tiny) rather than a cache or the hub
     needs_internet: bool = False
     eval_tokens: int = 100_000  # tokens of `eval` used for quick evaluations
+    sae: SAEConfig = field(default_factory=SAEConfig)
 
     def replace(self, **changes) -> "Preset":
         """A copy with top-level fields replaced (nested configs: pass whole objects)."""
@@ -124,6 +155,10 @@ _SMOKE = Preset(
     train=TrainConfig(tokens=60_000, batch_size=8, context=64, lr=3e-3, warmup_steps=10,
                       log_every=10, eval_every=50, checkpoint_every=50, repeat_frac=0.5, repeat_span=16),
     eval_tokens=5_000,
+    # about a second per SAE: 78 steps of 512 tokens (the numbers mean nothing, the code path is the real one)
+    sae=SAEConfig(expansion_factor=8, l1_coefficient=5.0, training_tokens=40_000, batch_tokens=512, lr=1e-3,
+                  context=64, n_batches_in_buffer=8, store_batch_rows=8, dead_feature_window=100,
+                  eval_tokens=5_000),
 )
 
 _TINY = Preset(
@@ -138,6 +173,8 @@ _TINY = Preset(
     train=TrainConfig(tokens=20_000_000, batch_size=64, context=128, lr=2e-3, warmup_steps=200,
                       repeat_frac=0.5, repeat_span=32, log_every=50, eval_every=250, checkpoint_every=250),
     shipped=True,
+    sae=SAEConfig(expansion_factor=16, l1_coefficient=5.0, training_tokens=2_000_000, batch_tokens=2048,
+                  lr=1e-3, context=128, eval_tokens=50_000),
 )
 
 _PAPER = Preset(
@@ -160,6 +197,10 @@ _PAPER = Preset(
     ),
     needs_internet=True,
     eval_tokens=1_000_000,
+    # proxies of the authors' library defaults (paper digest 2.2): expansion 32, batch 4096, lr 4e-4
+    sae=SAEConfig(expansion_factor=32, l1_coefficient=5.0, training_tokens=100_000_000, batch_tokens=4096,
+                  lr=4e-4, context=1024, n_batches_in_buffer=32, store_batch_rows=8, dead_feature_window=5000,
+                  eval_tokens=200_000),
 )
 
 _PRESETS = {p.name: p for p in (_SMOKE, _TINY, _PAPER)}
