@@ -148,9 +148,9 @@ def load(preset: "str | Preset", name: str, device: str | None = None, train_if_
             train_if_missing = not p.shipped
         if not train_if_missing:
             raise UniversalityError(
-                f"no trained checkpoint for {name!r} at {folder}. The {p.name!r} checkpoints are shipped with "
-                f"the repository (git lfs / a partial clone may have skipped them); to recreate them run "
-                f"`python -m universality_lib train --preset {p.name}`.")
+                f"no trained checkpoint for {name!r} at {folder}: train it with "
+                f"`python -m universality_lib train --preset {p.name}` (resumable; uses a GPU when there is one), "
+                f"or run the book at preset 'smoke'.")
         train_model(p, name, device=device)
     return load_folder(folder, tok, device=device).eval()
 
