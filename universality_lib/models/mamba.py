@@ -636,15 +636,9 @@ class HookedMamba(HookedRootModule):
             dtype=dtype or torch.float32,
             model_name=os.path.basename(os.path.normpath(str(path))),
         )
-        new = {}
-        for k, v in sd.items():
-            k2 = k.replace("backbone.", "", 1).replace("embedding.weight", "embed.weight")
-            k2 = re.sub(r"^layers\.(\d+)\.mixer\.", r"blocks.\1.", k2)
-            k2 = re.sub(r"^layers\.(\d+)\.norm\.", r"blocks.\1.norm.", k2)
-            new[k2] = v.to(device=cfg.device, dtype=cfg.dtype)
         if tokenizer is None:
             tokenizer = _local_tokenizer(path)
-        return cls._from_state_dict(cfg, new, tokenizer)
+        return cls._from_state_dict(cfg, _rename_backbone(sd, cfg), tokenizer)
 
     @classmethod
     def from_hf(cls, path, tokenizer=None, device=None, dtype=None) -> "HookedMamba":
@@ -677,15 +671,9 @@ class HookedMamba(HookedRootModule):
             dtype=dtype or torch.float32,
             model_name=os.path.basename(os.path.normpath(str(path))),
         )
-        new = {}
-        for k, v in sd.items():
-            k2 = k.replace("backbone.", "", 1).replace("embeddings.weight", "embed.weight")
-            k2 = re.sub(r"^layers\.(\d+)\.mixer\.", r"blocks.\1.", k2)
-            k2 = re.sub(r"^layers\.(\d+)\.norm\.", r"blocks.\1.norm.", k2)
-            new[k2] = v.to(device=cfg.device, dtype=cfg.dtype)
         if tokenizer is None:
             tokenizer = _local_tokenizer(path)
-        return cls._from_state_dict(cfg, new, tokenizer)
+        return cls._from_state_dict(cfg, _rename_backbone(sd, cfg), tokenizer)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, tokenizer=None, device=None, dtype=None) -> "HookedMamba":
@@ -761,6 +749,21 @@ def _load_weights(path: str) -> Dict[str, torch.Tensor]:
         return sd
     raise UniversalityError(f"{path}: no model.safetensors or pytorch_model.bin")
 
+
+
+def _rename_backbone(sd: Dict[str, torch.Tensor], cfg: MambaConfig) -> Dict[str, torch.Tensor]:
+    """mamba_ssm / HF parameter names -> ours (``backbone.layers.{i}.mixer.*`` -> ``blocks.{i}.*``).
+
+    The two formats differ only in the embedding's name (``embedding`` in mamba_ssm, ``embeddings`` in HF).
+    """
+    new = {}
+    for k, v in sd.items():
+        k2 = k.replace("backbone.", "", 1)
+        k2 = re.sub(r"^embeddings?\.weight$", "embed.weight", k2)
+        k2 = re.sub(r"^layers\.(\d+)\.mixer\.", r"blocks.\1.", k2)
+        k2 = re.sub(r"^layers\.(\d+)\.norm\.", r"blocks.\1.norm.", k2)
+        new[k2] = v.to(device=cfg.device, dtype=cfg.dtype)
+    return new
 
 def _local_tokenizer(path: str):
     if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
