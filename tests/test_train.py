@@ -62,3 +62,16 @@ def test_resume_is_exact(tmp_path):
     assert state.step == 6
     for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_add_repeats_sequence_mode_tiles_the_row():
+    cfg = TrainConfig(repeat_frac=0.25, repeat_span=7, repeat_mode="sequence", data_seed=2)
+    batch = torch.zeros(8, 20, dtype=torch.long)
+    out = add_repeats(batch, cfg, torch.arange(100, 200), step=3)
+    assert (out[2:] == 0).all() and (out[:, 0] == 0).all()
+    for r in range(2):
+        row = out[r, 1:]
+        assert torch.equal(row[:7], row[7:14]) and torch.equal(row[14:], row[:5])
+        assert ((row >= 100) & (row < 200)).all()
+    with pytest.raises(Exception, match="repeat_mode"):
+        add_repeats(batch, TrainConfig(repeat_frac=0.5, repeat_span=4, repeat_mode="nope"), torch.arange(5), step=0)

@@ -6,9 +6,11 @@ run resumes from exactly: the data order is a pure function of (stream, batch, c
 so a resumed run sees the same batches an uninterrupted one would have.
 
 Curriculum (disclosed in the book): with ``repeat_frac > 0``, that fraction of the rows of every batch
-gets a span of ``repeat_span`` random tokens (drawn from the corpus' frequent tokens) placed twice at
-random offsets; the rest of the row stays natural text. This gives small models enough repeated
-structure to form induction circuits in a CPU budget (see the zoo chapter for what was tried).
+carries ``repeat_span`` random tokens (drawn from the corpus' frequent tokens) that repeat: either the
+whole row is that span tiled (``repeat_mode="sequence"``: the paper's induction task itself) or the span
+is placed twice at random offsets inside a natural-text row (``"span"``). The other rows are natural
+text. This gives small models enough repeated structure to form induction circuits in a CPU budget
+(see the zoo section of chapter 1 and the zoo issue's note for what was tried).
 """
 from __future__ import annotations
 
@@ -48,9 +50,16 @@ def add_repeats(batch: torch.Tensor, cfg: TrainConfig, vocab: torch.Tensor, step
     S = cfg.repeat_span
     if 2 * S + 1 > T:
         raise UniversalityError(f"repeat_span {S} is too long for context {T}: need 2*span+1 <= context")
+    if cfg.repeat_mode not in ("span", "sequence"):
+        raise UniversalityError(f"repeat_mode {cfg.repeat_mode!r}: choose 'span' or 'sequence'")
     g = torch.Generator().manual_seed(cfg.data_seed * 1_000_003 + step)
     n = int(round(cfg.repeat_frac * B))
     batch = batch.clone()
+    if cfg.repeat_mode == "sequence":  # the whole row after BOS: span, span, (start of a third copy)
+        for r in range(n):
+            span = vocab[torch.randint(0, len(vocab), (S,), generator=g)]
+            batch[r, 1:] = span.repeat(-(-(T - 1) // S))[:T - 1]
+        return batch
     for r in range(n):
         span = vocab[torch.randint(0, len(vocab), (S,), generator=g)]
         a = int(torch.randint(1, T - 2 * S + 1, (1,), generator=g))  # first copy in [1, T-2S]
