@@ -174,7 +174,7 @@ _TINY = Preset(
     mamba=MambaSize(n_layers=4, d_model=128),
     # the measured recipe (see the zoo section of chapter 1): half of the rows are a random sequence of 63
     # tokens repeated (the paper's induction task); spans inside natural rows did not give induction by 15M tokens
-    train=TrainConfig(tokens=8_000_000, batch_size=64, context=128, lr=2e-3, warmup_steps=200,
+    train=TrainConfig(tokens=5_000_000, batch_size=64, context=128, lr=2e-3, warmup_steps=200,
                       repeat_frac=0.5, repeat_span=63, repeat_mode="sequence", log_every=50, eval_every=250,
                       checkpoint_every=250),
     shipped=True,
