@@ -172,8 +172,9 @@ _TINY = Preset(
     # 2 vs 4 blocks keeps the paper's 1:2 layer ratio at a size a 2-core CPU trains in well under an hour
     transformer=TransformerConfig(n_layers=2, d_model=128, n_heads=4, d_mlp=512, n_ctx=256),
     mamba=MambaSize(n_layers=4, d_model=128),
-    # the measured recipe (see the zoo section of chapter 1): half of the rows are a random sequence of 63
-    # tokens repeated (the paper's induction task); spans inside natural rows did not give induction by 15M tokens
+    # half of the rows are a random sequence (period drawn in [15, 63]) tiled over the row; spans inside natural
+    # rows gave no induction by 15M tokens, and a fixed period 63 taught a fixed-offset copy, not induction.
+    # NOT yet validated: the next zoo run must pass the induction check before anything is shipped.
     train=TrainConfig(tokens=5_000_000, batch_size=64, context=128, lr=2e-3, warmup_steps=200,
                       repeat_frac=0.5, repeat_span=63, repeat_mode="sequence", log_every=50, eval_every=250,
                       checkpoint_every=250),
