@@ -15,6 +15,8 @@ from universality_lib.errors import OfflineError, UniversalityError
 from universality_lib.models import scan as S
 from universality_lib.models.mamba import HookedMamba, MambaConfig
 
+from standins import make_hf_mamba, save_state_spaces_mamba, state_spaces_state_dict
+
 D_MODEL, N_LAYERS, VOCAB, SEQ = 32, 2, 100, 20
 
 SHARED_BLOCK_HOOKS = [
@@ -30,32 +32,8 @@ def _tokens(b=2, L=SEQ, seed=1, vocab=VOCAB):
     return torch.randint(0, vocab, (b, L), generator=g)
 
 
-def _perturb_hf(model, seed=0):
-    """Make the random HF weights non-trivial (A_log, D, dt bias, conv bias, norms)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.backbone.layers:
-            mx = layer.mixer
-            mx.A_log.add_(0.3 * torch.randn(mx.A_log.shape, generator=g))
-            mx.D.copy_(torch.randn(mx.D.shape, generator=g))
-            mx.dt_proj.bias.add_(0.5 * torch.randn(mx.dt_proj.bias.shape, generator=g))
-            mx.conv1d.bias.copy_(0.2 * torch.randn(mx.conv1d.bias.shape, generator=g))
-            mx.x_proj.weight.mul_(3.0)
-            layer.norm.weight.copy_(1 + 0.2 * torch.randn(layer.norm.weight.shape, generator=g))
-        model.backbone.norm_f.weight.copy_(1 + 0.2 * torch.randn(model.backbone.norm_f.weight.shape, generator=g))
-
-
 def _make_hf(tmp_path_factory, tied):
-    from transformers import MambaConfig as HFMambaConfig
-    from transformers import MambaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = HFMambaConfig(
-        vocab_size=VOCAB, hidden_size=D_MODEL, state_size=16, num_hidden_layers=N_LAYERS,
-        tie_word_embeddings=tied, use_mambapy=False,
-    )
-    hf = MambaForCausalLM(cfg).eval()
-    _perturb_hf(hf, seed=1 if tied else 2)
+    hf = make_hf_mamba(VOCAB, d_model=D_MODEL, n_layers=N_LAYERS, tied=tied, perturb_seed=1 if tied else 2)
     folder = tmp_path_factory.mktemp(f"hf_mamba_{'tied' if tied else 'untied'}")
     hf.save_pretrained(folder)
     return hf, str(folder)
@@ -78,14 +56,6 @@ def model(hf_tied):
     return m
 
 
-def _state_spaces_sd(hf):
-    sd = {}
-    for k, v in hf.state_dict().items():
-        k2 = k.replace("backbone.embeddings.", "backbone.embedding.")
-        sd[k2] = v.clone()
-    return sd
-
-
 # ------------------------------------------------------------------------------------------ equivalence
 def test_from_hf_matches_hf_logits(hf_pair):
     hf, folder = hf_pair
@@ -102,17 +72,9 @@ def test_from_hf_matches_hf_logits(hf_pair):
 
 def test_from_state_spaces_matches(hf_pair, tmp_path):
     hf, _ = hf_pair
-    folder = tmp_path / "ss"
-    folder.mkdir()
-    conf = {
-        "d_model": D_MODEL, "n_layer": N_LAYERS, "vocab_size": VOCAB, "ssm_cfg": {}, "rms_norm": True,
-        "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 4,
-        "tie_embeddings": hf.config.tie_word_embeddings,
-    }
-    (folder / "config.json").write_text(json.dumps(conf))
-    sd = _state_spaces_sd(hf)
+    folder = save_state_spaces_mamba(tmp_path / "ss", hf, pad_vocab_size_multiple=4)
+    sd = torch.load(folder / "pytorch_model.bin", weights_only=True)
     assert "backbone.layers.0.mixer.in_proj.weight" in sd and "backbone.norm_f.weight" in sd
-    torch.save(sd, folder / "pytorch_model.bin")
     m = HookedMamba.from_state_spaces(str(folder))
     m2 = HookedMamba.from_pretrained(str(folder))  # format detection
     toks = _tokens()
@@ -147,7 +109,7 @@ def _mamba_lens_model(hf):
     cfg = MambaCfg(d_model=D_MODEL, n_layers=N_LAYERS, vocab_size=VOCAB, pad_vocab_size_multiple=1,
                    n_ctx=SEQ, device=torch.device("cpu"))
     ml = HookedMamba_ml = MLHookedMamba(cfg=cfg, tokenizer=None, initialize_params=False)
-    sd = _state_spaces_sd(hf)
+    sd = state_spaces_state_dict(hf)
     if "lm_head.weight" not in sd:
         sd["lm_head.weight"] = sd["backbone.embedding.weight"]
     HookedMamba_ml.load_state_dict(convert_original_state_dict_to_hooked_state_dict(cfg, sd))

@@ -6,19 +6,14 @@ from universality_lib import corpus, presets
 from universality_lib.errors import OfflineError, UniversalityError
 from universality_lib.models import transformer as tr
 
+from standins import save_gpt_neox
+
 
 @pytest.fixture(scope="module")
 def neox_folder(tmp_path_factory):
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
     folder = tmp_path_factory.mktemp("pythia-tiny")
-    cfg = GPTNeoXConfig(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, rotary_pct=0.25,
-                        use_parallel_residual=True)
-    torch.manual_seed(0)
-    hf = GPTNeoXForCausalLM(cfg).eval()
-    hf.save_pretrained(folder)  # the same format as EleutherAI/pythia-160m on the hub
-    corpus.load_tokenizer("smoke").save_pretrained(folder)
+    # the same format as EleutherAI/pythia-160m on the hub
+    hf = save_gpt_neox(folder, 512, tokenizer=corpus.load_tokenizer("smoke"))
     return folder, hf
 
 

@@ -140,6 +140,11 @@ class Preset:
     needs_internet: bool = False
     eval_tokens: int = 100_000  # tokens of `eval` used for quick evaluations
     sae: SAEConfig = field(default_factory=SAEConfig)
+    # zoo name -> hub repo id or local folder, for presets that load published checkpoints (paper);
+    # see :func:`with_hub` to point them elsewhere (e.g. offline stand-ins)
+    hub_models: tuple[tuple[str, str], ...] = ()
+    # tokens of the `eval` split (BOS / separators left out) in the MPPC sample of chapter 3 (paper: 1M)
+    mppc_tokens: int = 200_000
 
     def replace(self, **changes) -> "Preset":
         """A copy with top-level fields replaced (nested configs: pass whole objects)."""
@@ -162,6 +167,7 @@ _SMOKE = Preset(
     sae=SAEConfig(expansion_factor=8, l1_coefficient=5.0, training_tokens=40_000, batch_tokens=512, lr=1e-3,
                   context=64, n_batches_in_buffer=8, store_batch_rows=8, dead_feature_window=100,
                   eval_tokens=5_000),
+    mppc_tokens=8_000,
 )
 
 _TINY = Preset(
@@ -181,7 +187,15 @@ _TINY = Preset(
     shipped=True,
     sae=SAEConfig(expansion_factor=16, l1_coefficient=5.0, training_tokens=2_000_000, batch_tokens=2048,
                   lr=1e-3, context=128, eval_tokens=50_000),
+    mppc_tokens=200_000,
 )
+
+# hub names of the paper preset's zoo (T2 is Pythia's second pretraining seed)
+PAPER_HUB_NAMES = {
+    "T": "EleutherAI/pythia-160m",
+    "T2": "EleutherAI/pythia-160m-seed1",
+    "M": "state-spaces/mamba-130m",
+}
 
 _PAPER = Preset(
     name="paper",
@@ -207,16 +221,11 @@ _PAPER = Preset(
     sae=SAEConfig(expansion_factor=32, l1_coefficient=5.0, training_tokens=100_000_000, batch_tokens=4096,
                   lr=4e-4, context=1024, n_batches_in_buffer=32, store_batch_rows=8, dead_feature_window=5000,
                   eval_tokens=200_000),
+    hub_models=tuple(PAPER_HUB_NAMES.items()),
+    mppc_tokens=1_000_000,
 )
 
 _PRESETS = {p.name: p for p in (_SMOKE, _TINY, _PAPER)}
-
-# hub names of the paper preset's zoo (T2 is Pythia's second pretraining seed)
-PAPER_HUB_NAMES = {
-    "T": "EleutherAI/pythia-160m",
-    "T2": "EleutherAI/pythia-160m-seed1",
-    "M": "state-spaces/mamba-130m",
-}
 
 
 def get(name: "str | Preset" = DEFAULT) -> Preset:
@@ -244,3 +253,55 @@ def table() -> list[dict]:
             "what for": p.description,
         })
     return rows
+
+
+def hub_name(preset: "str | Preset", name: str) -> str:
+    """The hub repo id (or local folder) that zoo model ``name`` of a hub preset loads from."""
+    p = get(preset)
+    models = dict(p.hub_models)
+    if name not in models:
+        have = ", ".join(models) or "none"
+        raise UniversalityError(f"preset {p.name!r} loads no published checkpoint for {name!r} (it has: {have}).")
+    return models[name]
+
+
+def with_hub(preset: "str | Preset" = "paper", *, models: dict[str, str] | None = None, tokenizer: str | None = None,
+             dataset: str | None = None, sae_dataset: str | None = None, mppc_dataset: str | None = None) -> Preset:
+    """A copy of a hub preset (``paper``) whose models, tokenizer or datasets come from other hub repos or from
+    local folders. The preset keeps its name, sizes and budgets; caches are keyed by these names, so a copy never
+    reuses what the original cached. Everything not given is unchanged.
+
+    ``models``: zoo name -> repo id or folder (a GPT-NeoX ``save_pretrained`` folder for T / T2; a state-spaces,
+    HF or HookedMamba folder for M); ``tokenizer``: a tokenizer repo or folder; ``dataset``: the text corpus (a
+    `datasets` repo or a local folder of ``*.jsonl`` / ``*.txt`` files with a ``text`` column), also used for SAEs
+    and MPPC unless ``sae_dataset`` / ``mppc_dataset`` say otherwise. The tests point the paper preset at tiny
+    stand-ins this way::
+
+        p = presets.with_hub("paper", models={"T": neox, "T2": neox_seed1, "M": mamba}, tokenizer=neox,
+                             dataset=texts)
+        zoo.load(p, "M")  # no hub access
+    """
+    p = get(preset)
+    if not p.needs_internet:
+        raise UniversalityError(f"preset {p.name!r} loads no published checkpoints: with_hub applies to 'paper'.")
+    hub = dict(p.hub_models)
+    for name, repo in (models or {}).items():
+        if name not in hub:
+            raise UniversalityError(f"unknown model {name!r} for preset {p.name!r}: choose among {', '.join(hub)}")
+        hub[name] = str(repo)
+    c = p.corpus
+    corpus_changes = {}
+    if tokenizer is not None:
+        corpus_changes["tokenizer"] = str(tokenizer)
+    if dataset is not None:
+        corpus_changes.update(source=str(dataset), sae_source=str(dataset), mppc_source=str(dataset))
+    if sae_dataset is not None:
+        corpus_changes["sae_source"] = str(sae_dataset)
+    if mppc_dataset is not None:
+        corpus_changes["mppc_source"] = str(mppc_dataset)
+    return p.replace(
+        hub_models=tuple(hub.items()),
+        corpus=dataclasses.replace(c, **corpus_changes),
+        transformer=dataclasses.replace(p.transformer, hub_name=hub.get("T", p.transformer.hub_name)),
+        mamba=dataclasses.replace(p.mamba, hub_name=hub.get("M", p.mamba.hub_name)),
+    )

@@ -56,7 +56,7 @@ from . import activations as acts
 from . import cache, corpus, zoo
 from .errors import UniversalityError
 from .models import family as model_family
-from .presets import PAPER_HUB_NAMES, Preset, SAEConfig, get as get_preset
+from .presets import Preset, SAEConfig, get as get_preset, hub_name
 
 __all__ = ["ARCHITECTURES", "TrainResult", "train", "get", "load_folder", "folder_for", "jobs", "train_all",
            "evaluate", "evaluate_all", "top_activations", "pick_features", "special_ids", "check_compatible",
@@ -355,12 +355,12 @@ def model_hash(preset: "str | Preset", name: str) -> str:
     family, seed = zoo.spec(p, name)
     if name == zoo.RANDOM_BASELINE:
         if p.needs_internet:
-            return cache.stable_hash({"untrained": PAPER_HUB_NAMES["M"], "seed": seed})
+            return cache.stable_hash({"untrained": hub_name(p, "M"), "seed": seed})
         tok = corpus.load_tokenizer(p)
         return cache.stable_hash({"untrained": p.to_dict()["mamba"], "n_ctx": p.transformer.n_ctx, "seed": seed,
                                   "tokenizer": corpus.tokenizer_hash(tok), "v": 1})
     if p.needs_internet:
-        return cache.stable_hash({"hub": PAPER_HUB_NAMES[name]})
+        return cache.stable_hash({"hub": hub_name(p, name)})
     folder = zoo.model_dir(p, name)
     if not (folder / cache.MANIFEST).exists():
         raise UniversalityError(f"model {name!r} of preset {p.name!r} has no checkpoint at {folder} yet: "

@@ -30,7 +30,7 @@ import torch
 from . import cache, corpus
 from .errors import UniversalityError
 from .models import family as model_family, n_params
-from .presets import PAPER_HUB_NAMES, Preset, get as get_preset
+from .presets import Preset, get as get_preset, hub_name
 
 RANDOM_BASELINE = "M0"
 
@@ -159,20 +159,19 @@ def _load_paper(p: Preset, name: str, device: str):
     if name == RANDOM_BASELINE:
         from .models.mamba import HookedMamba
 
-        ref = HookedMamba.from_pretrained(PAPER_HUB_NAMES["M"])
-        fresh = HookedMamba(ref.cfg, tokenizer=ref.tokenizer)
+        tok = corpus.load_tokenizer(p)
+        ref = HookedMamba.from_pretrained(hub_name(p, "M"), tokenizer=tok)
+        fresh = HookedMamba(ref.cfg, tokenizer=tok)
         return fresh.to(device).eval()
-    hub = PAPER_HUB_NAMES.get(name)
-    if hub is None:
-        spec(p, name)
     family, _ = spec(p, name)
+    hub = hub_name(p, name)
+    tok = corpus.load_tokenizer(p)  # the one tokenizer of the preset, for both families
     if family == "transformer":
         from .models.transformer import load_gpt_neox
 
-        return load_gpt_neox(hub, device=device).eval()
+        return load_gpt_neox(hub, tokenizer=tok, device=device).eval()
     from .models.mamba import HookedMamba
 
-    tok = corpus.load_tokenizer(p)
     return HookedMamba.from_pretrained(hub, tokenizer=tok).to(device).eval()
 
 
