@@ -1,0 +1,135 @@
+"""Effects of a path-patching sweep, as one tidy object for tables, records and plots.
+
+A sweep patches one *component* at a time (a head, a layer's state, a conv input position ...) and measures
+the metric on every prompt. :class:`Effects` keeps the per-prompt values, so every summary is a paired
+difference with its standard error:
+
+    Δ_c = mean_i ( metric_patched[c, i] - metric_clean[i] ),   se_c = std_i(...) / sqrt(n)
+
+Metric names: ``"logit_B"`` / ``"prob_B"`` (the induction target), and ``"logit_B'"`` / ``"prob_B'"`` when
+the corruption replaced B by B' (the authors' "real" and "fake" logits).
+
+Glossary: ``C`` components, ``n`` prompts; ``rows`` x ``cols`` folds the C components into a heat-map grid
+(layers x heads, output positions x input lags ...), row-major.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UniversalityError
+from .task import Estimate, estimate
+
+
+@dataclass
+class Effects:
+    experiment: str
+    labels: list[str]  # [C] one name per component, e.g. "L1H3", "layer 2"
+    clean: dict[str, np.ndarray]  # metric -> [n]
+    patched: dict[str, np.ndarray]  # metric -> [C, n]
+    rows: list[str] | None = None  # heat-map rows (len(rows) * len(cols) == C)
+    cols: list[str] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        C = len(self.labels)
+        for k, v in self.patched.items():
+            if v.shape[0] != C or v.shape[1:] != self.clean[k].shape:
+                raise UniversalityError(f"Effects {self.experiment}: {k} has shape {v.shape}, expected ({C}, n)")
+        if (self.rows is None) != (self.cols is None) or (self.rows is not None and len(self.rows) * len(self.cols) != C):
+            raise UniversalityError(f"Effects {self.experiment}: rows x cols must fold the {C} components")
+
+    # ------------------------------------------------------------------ basic numbers
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.clean)
+
+    @property
+    def n_prompts(self) -> int:
+        return int(next(iter(self.clean.values())).shape[0])
+
+    def _check(self, metric: str) -> None:
+        if metric not in self.clean:
+            raise UniversalityError(f"Effects {self.experiment}: no metric {metric!r} (have {self.metrics})")
+
+    def clean_estimate(self, metric: str = "logit_B") -> Estimate:
+        self._check(metric)
+        return estimate(self.clean[metric])
+
+    def patched_mean(self, metric: str = "logit_B") -> np.ndarray:
+        self._check(metric)
+        return self.patched[metric].mean(axis=1)  # [C]
+
+    def delta(self, metric: str = "logit_B") -> np.ndarray:
+        """Mean paired change of the metric per component: [C]."""
+        self._check(metric)
+        return (self.patched[metric] - self.clean[metric][None]).mean(axis=1)
+
+    def delta_se(self, metric: str = "logit_B") -> np.ndarray:
+        self._check(metric)
+        d = self.patched[metric] - self.clean[metric][None]  # [C, n]
+        n = d.shape[1]
+        return d.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.full(d.shape[0], np.nan)
+
+    # ------------------------------------------------------------------ the dominant component
+    def order(self, metric: str = "logit_B", direction: str = "down") -> np.ndarray:
+        """Component indices, strongest first: the largest decrease (``"down"``), increase (``"up"``) or
+        absolute change (``"abs"``)."""
+        d = self.delta(metric)
+        key = {"down": d, "up": -d, "abs": -np.abs(d)}.get(direction)
+        if key is None:
+            raise UniversalityError(f"direction must be 'down', 'up' or 'abs', got {direction!r}")
+        return np.argsort(key, kind="stable")
+
+    def top(self, metric: str = "logit_B", direction: str = "down") -> str:
+        return self.labels[int(self.order(metric, direction)[0])]
+
+    def share(self, metric: str = "logit_B", direction: str = "down") -> float:
+        """|Δ| of the top component over the sum of |Δ| of all components (1 = it carries everything)."""
+        d = np.abs(self.delta(metric))
+        tot = d.sum()
+        return float(d[self.order(metric, direction)[0]] / tot) if tot > 0 else float("nan")
+
+    def ratio_to_second(self, metric: str = "logit_B", direction: str = "down") -> float:
+        """|Δ| of the top component over |Δ| of the runner-up (by absolute change)."""
+        d = np.abs(self.delta(metric))
+        i = int(self.order(metric, direction)[0])
+        rest = np.delete(d, i)
+        if rest.size == 0:
+            return float("inf")
+        second = rest.max()
+        return float(d[i] / second) if second > 0 else float("inf")
+
+    def summary(self, metric: str = "logit_B", direction: str = "down") -> dict:
+        """The top component and its numbers (a dict for ``results.record`` and prose)."""
+        i = int(self.order(metric, direction)[0])
+        c = self.clean_estimate(metric)
+        return {"experiment": self.experiment, "metric": metric, "top": self.labels[i],
+                "clean": c.mean, "clean_se": c.se, "patched": float(self.patched_mean(metric)[i]),
+                "delta": float(self.delta(metric)[i]), "delta_se": float(self.delta_se(metric)[i]),
+                "share": self.share(metric, direction), "ratio_to_second": self.ratio_to_second(metric, direction),
+                "n_prompts": self.n_prompts}
+
+    # ------------------------------------------------------------------ tables and grids
+    def table(self):
+        """One row per component: clean, patched, Δ and its standard error for every metric."""
+        import pandas as pd
+
+        df = pd.DataFrame({"component": self.labels})
+        if self.rows is not None:
+            df["row"] = [r for r in self.rows for _ in self.cols]
+            df["col"] = [c for _ in self.rows for c in self.cols]
+        for m in self.metrics:
+            df[f"clean {m}"] = float(self.clean[m].mean())
+            df[f"patched {m}"] = self.patched_mean(m)
+            df[f"Δ {m}"] = self.delta(m)
+            df[f"se {m}"] = self.delta_se(m)
+        return df.set_index("component")
+
+    def grid(self, metric: str = "logit_B", what: str = "delta") -> np.ndarray:
+        """[len(rows), len(cols)] array of Δ (``what="delta"``) or the patched mean (``"patched"``)."""
+        if self.rows is None:
+            raise UniversalityError(f"Effects {self.experiment} has no grid (rows/cols not set)")
+        v = {"delta": self.delta, "patched": self.patched_mean}[what](metric)
+        return v.reshape(len(self.rows), len(self.cols))
