@@ -95,6 +95,7 @@ def test_runner_on_mini_book(tmp_path):
 
     timings = json.loads((base / "timings.json").read_text())
     assert timings["status"] == "ok" and timings["preset"] == "smoke"
+    assert timings["machine"] == book.machine()  # the report names the machine the chapters ran on
     assert [c["chapter"] for c in timings["chapters"]] == ["ok"]
     assert timings["html_seconds"] is not None
 
@@ -153,9 +154,9 @@ def test_real_toc_lists_notebooks():
         cells = nbformat.read(nb, as_version=4).cells
         code = [c for c in cells if c.cell_type == "code"]
         assert len(code) >= 2, f"{nb.name}: needs a parameters cell and a Colab set-up cell"
-        assert "parameters" in code[0].metadata.get("tags", []), f"{nb.name}: first code cell must be tagged 'parameters'"
-        assert 'preset = "tiny"' in code[0].source, f"{nb.name}: parameters cell must set preset = \"tiny\""
-        assert "google.colab" in code[1].source, f"{nb.name}: second code cell must be the Colab set-up cell"
+        assert book.COLAB_TAG in code[0].metadata.get("tags", []), f"{nb.name}: first code cell must be the Colab cell"
+        assert "parameters" in code[1].metadata.get("tags", []), f"{nb.name}: second code cell must be tagged 'parameters'"
+        assert 'preset = "tiny"' in code[1].source, f"{nb.name}: parameters cell must set preset = \"tiny\""
 
 
 @pytest.mark.notebooks

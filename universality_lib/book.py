@@ -14,6 +14,11 @@
 6. writes ``<out>/<preset>/timings.json`` and returns the path of ``index.html`` (or of the
    executed book folder when ``html=False``).
 
+Colab: the first code cell of every chapter is :data:`COLAB_CELL` (tagged ``colab-setup``, hidden in the built
+book). It pip-installs this package from :data:`REPO_URL` when it runs in Colab and does nothing elsewhere, so a
+chapter opened from the book's launch button works before ``universality_lib`` exists there.
+:func:`ensure_colab_cell` inserts or updates it in a notebook.
+
 The kernel is always the interpreter running this function (``sys.executable``): a kernelspec
 named ``python3`` pointing at it is written to ``<out>/<preset>/.jupyter`` and put first on
 ``JUPYTER_PATH`` while the notebooks run, so the executed notebooks keep their ``python3``
@@ -44,6 +49,23 @@ def default_root() -> Path:
     here = Path.cwd()
     return here if (here / "_toc.yml").exists() else ROOT
 KERNEL_NAME = "python3"
+
+# The repository the Colab cell installs from; must equal `repository.url` in _config.yml (a test checks).
+REPO_URL = "https://github.com/universality-book/universality"
+COLAB_TAG = "colab-setup"
+# The first code cell of every chapter: self-contained (universality_lib is not installed in a fresh Colab yet).
+COLAB_CELL = f"""\
+# Colab set-up: installs the companion library from its repository when this runs in Colab; does nothing elsewhere.
+# (For mamba_ssm's fused GPU kernels, install "universality_lib[gpu] @ git+..." instead: it compiles for a while.)
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:
+    _loaded = [m for m in ("numpy", "torch") if m in sys.modules]
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
+                           "universality_lib @ git+{REPO_URL}"])
+    if _loaded:
+        print(f"Installed. {{', '.join(_loaded)}} were already imported: restart the session and run again.")"""
 _COPY_IGNORE = shutil.ignore_patterns(".ipynb_checkpoints", "_build", "__pycache__", "*.pyc", ".DS_Store")
 _PAGE_SUFFIXES = (".ipynb", ".md", ".rst")
 
@@ -168,6 +190,63 @@ def _filter_toc(toc: dict, keep_files: set[str]) -> dict:
     if "parts" in out:
         out["parts"] = [p for p in out["parts"] if p.get("chapters")]
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the Colab set-up cell
+
+
+def _is_colab_cell(cell) -> bool:
+    if cell.get("cell_type") != "code":
+        return False
+    if COLAB_TAG in cell.get("metadata", {}).get("tags", []):
+        return True
+    src = cell.get("source", "")
+    src = "".join(src) if isinstance(src, list) else src
+    return src.lstrip().startswith("# Colab set-up") and "google.colab" in src  # an older version of the cell
+
+
+def ensure_colab_cell(nb_path: str | os.PathLike) -> bool:
+    """Make :data:`COLAB_CELL` the first code cell of the notebook at ``nb_path`` (tags ``colab-setup`` and
+    ``remove-cell``), replacing any earlier Colab set-up cell. Writes the file only when something changed;
+    returns whether it did."""
+    import nbformat
+    from nbformat.v4 import new_code_cell
+
+    nb_path = Path(nb_path)
+    nb = nbformat.read(nb_path, as_version=4)
+    old = [c for c in nb.cells if _is_colab_cell(c)]
+    rest = [c for c in nb.cells if not _is_colab_cell(c)]
+    cell = new_code_cell(COLAB_CELL, metadata={"tags": [COLAB_TAG, "remove-cell"]})
+    if old and old[0].get("id"):
+        cell["id"] = old[0]["id"]  # keep the cell id stable across updates
+    first_code = next((i for i, c in enumerate(rest) if c.cell_type == "code"), len(rest))
+    cells = rest[:first_code] + [cell] + rest[first_code:]
+
+    def key(cells_):
+        return [(c.cell_type, c.source, c.get("metadata", {}).get("tags", [])) for c in cells_]
+
+    if key(cells) == key(nb.cells):
+        return False
+    nb.cells = cells
+    nbformat.validate(nb)
+    nbformat.write(nb, nb_path)
+    return True
+
+
+def machine() -> str:
+    """The machine, in words: CPU (cores, OS) and, when torch sees one, the GPU."""
+    import platform
+
+    desc = f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()} ({platform.system()})"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            desc += f", GPU {torch.cuda.get_device_name(0)}"
+    except Exception:  # pragma: no cover - torch missing or broken CUDA
+        pass
+    return desc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,6 +430,7 @@ def build_book(
         "preset": preset,
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "python": sys.executable,
+        "machine": machine(),
         "chapters": [],
         "html_seconds": None,
         "total_seconds": None,
