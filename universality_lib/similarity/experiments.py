@@ -1,0 +1,337 @@
+"""Chapter 3's experiments: MPPC of T's units against another model's, every layer pair, on the `eval` stream.
+
+==================  =====================================================================================
+``random``          T's SAE features vs the untrained Mamba M0's (random baseline)
+``main``            T's SAE features vs M's (the cross-architecture measurement)
+``model_seed``      T's SAE features vs T2's, the same architecture trained with another seed (skyline)
+``sae_seed``        T's SAE features (SAE seed 0) vs T's second SAE seed on the same layers (skyline)
+``neurons_random``  T's MLP neurons vs M0's [SiLU(conv x); SiLU(gate)] (neuron baseline, random)
+``neurons_main``    T's MLP neurons vs M's (neuron baseline, main)
+==================  =====================================================================================
+
+Units: SAE features of ``blocks.{l}.hook_resid_post`` (``saes.get``); T's neurons are
+``blocks.{l}.mlp.hook_post`` (post-GELU, d_mlp); a Mamba block's "neurons" are its two nonlinearity
+outputs, ``hook_ssm_input`` (x = SiLU(conv(x_in)), E) and SiLU(``hook_skip``) (the activated gate, E),
+concatenated to 2E per layer, as in the authors' code.
+
+Token sample: ``Preset.mppc_tokens`` ordinary tokens of the `eval` split, in rows of ``SAEConfig.context``
+that start with BOS; BOS and document separators are left out, so token k is the same token for both
+models. Every source carries the hash of the token rows it was run on, and two sources with different
+hashes are refused (``corpus.check_same_stream``).
+
+One pass over the tokens runs each model once per chunk and updates every condition's statistics; when
+all pairs would not fit in ``max_gb``, the pairs are split into several passes. Each condition's result is
+cached (``cache.cached_folder``) under a key made of the models' checkpoint hashes, the SAEs' cache keys,
+the token rows' hash and the engine version.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import activations as acts
+from .. import cache, corpus, zoo
+from .. import saes as saes_mod
+from ..errors import UniversalityError
+from ..models import family as model_family
+from ..presets import Preset, get as get_preset
+from .engine import PairStats
+from .result import MPPCResult
+
+__all__ = ["Condition", "conditions", "Source", "mppc_rows", "rows_hash", "compute", "run", "summary_table",
+           "neuron_hooks", "CONDITION_ORDER"]
+
+KIND = "similarity"
+_VERSION = 1
+CONDITION_ORDER = ("random", "main", "model_seed", "sae_seed", "neurons_random", "neurons_main")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Model a (with SAE seed) vs model b (with SAE seed), on SAE features or on neurons."""
+
+    name: str
+    a: str
+    b: str
+    units: str = "sae"  # "sae" or "neurons"
+    seed_a: int = 0
+    seed_b: int = 0
+    label: str = ""
+
+
+def conditions(preset: "str | Preset") -> dict[str, Condition]:
+    """The six conditions of the paper's Figure 3 for a preset (the SAE-seed skyline uses
+    ``SAEConfig.seed_skyline`` and its first two ``SAEConfig.seeds``)."""
+    p = get_preset(preset)
+    sky = p.sae.seed_skyline
+    s0, s1 = (p.sae.seeds + (p.sae.seeds[0] + 1,))[:2]
+    m0 = zoo.RANDOM_BASELINE
+    return {c.name: c for c in (
+        Condition("random", "T", m0, label="random baseline (T vs untrained M0)"),
+        Condition("main", "T", "M", label="main (T vs M)"),
+        Condition("model_seed", "T", "T2", label="model-seed skyline (T vs T2)"),
+        Condition("sae_seed", sky, sky, seed_a=s0, seed_b=s1, label=f"SAE-seed skyline ({sky} s{s0} vs s{s1})"),
+        Condition("neurons_random", "T", m0, units="neurons", label="neurons: random (T vs M0)"),
+        Condition("neurons_main", "T", "M", units="neurons", label="neurons: main (T vs M)"),
+    )}
+
+
+# ----------------------------------------------------------------------------- tokens
+def rows_hash(rows: torch.Tensor) -> str:
+    """sha256 (16 hex) of the exact token rows a source is run on."""
+    return hashlib.sha256(rows.detach().cpu().to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+
+
+def mppc_rows(preset: "str | Preset", n_tokens: int | None = None) -> torch.Tensor:
+    """LongTensor [n_rows, context]: enough `eval` rows for ``n_tokens`` (default ``Preset.mppc_tokens``)
+    ordinary tokens, capped by the split's size."""
+    p = get_preset(preset)
+    stream = corpus.token_stream(p, "eval")
+    ctx = p.sae.context
+    available = (len(stream) - 1) // (ctx - 1)
+    want = math.ceil((n_tokens or p.mppc_tokens) / (ctx - 1))
+    return stream.rows(ctx, n_rows=max(1, min(available, want)))
+
+
+# ----------------------------------------------------------------------------- sources of units
+def neuron_hooks(model, layer: int) -> list[str]:
+    """The hook(s) whose activations are a layer's neurons (see the module docstring)."""
+    if model_family(model) == "transformer":
+        return [f"blocks.{layer}.mlp.hook_post"]
+    return [f"blocks.{layer}.hook_ssm_input", f"blocks.{layer}.hook_skip"]
+
+
+class Source:
+    """One side of a comparison: a model, its layers and what its units are (an SAE per layer, or neurons),
+    and the token rows it is run on (whose hash must match the other side's)."""
+
+    def __init__(self, name: str, model, rows: torch.Tensor, units: str = "sae", saes: dict | None = None):
+        if units not in ("sae", "neurons"):
+            raise UniversalityError(f"units must be 'sae' or 'neurons', got {units!r}")
+        if units == "sae" and not saes:
+            raise UniversalityError("a source of SAE features needs saes={layer: sae_lens.SAE}")
+        self.name, self.model, self.rows, self.units = name, model, rows, units
+        self.saes = dict(saes or {})
+        self.layers = sorted(self.saes) if units == "sae" else list(range(model.cfg.n_layers))
+        self.stream_sha = rows_hash(rows)
+        self.hooks = {layer: ([saes_mod.check_compatible(self.saes[layer], model)] if units == "sae"
+                              else neuron_hooks(model, layer)) for layer in self.layers}
+        for hs in self.hooks.values():
+            for h in hs:
+                acts.check_hook(model, h)
+
+    def sizes(self) -> dict[int, int]:
+        if self.units == "sae":
+            return {k: int(s.cfg.d_sae) for k, s in self.saes.items()}
+        return {k: sum(acts.hook_width(self.model, h) for h in hs) for k, hs in self.hooks.items()}
+
+    @torch.no_grad()
+    def units_of(self, cache_: dict, mask: torch.Tensor) -> dict[int, torch.Tensor]:
+        """{layer: FloatTensor [t, F]} for the ordinary tokens (``mask`` [b, L]) of one forward pass."""
+        out = {}
+        for k, hs in self.hooks.items():
+            if self.units == "sae":
+                sae = self.saes[k]
+                out[k] = sae.encode(cache_[hs[0]][mask].float().to(sae.W_dec.device))  # [t, F]
+            elif len(hs) == 1:
+                out[k] = cache_[hs[0]][mask].float()  # [t, d_mlp]
+            else:
+                out[k] = torch.cat([cache_[hs[0]][mask], F.silu(cache_[hs[1]][mask])], dim=-1).float()  # [t, 2E]
+        return out
+
+
+def _hash_of_model(p: Preset, name: str) -> str:
+    try:
+        return saes_mod.model_hash(p, name)
+    except UniversalityError:  # no checkpoint yet: smoke trains it on load, tiny says how to make it
+        zoo.load(p, name)
+        return saes_mod.model_hash(p, name)
+
+
+# ----------------------------------------------------------------------------- the pass over the tokens
+@torch.no_grad()
+def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int = 4096, max_gb: float = 4.0,
+            progress: bool = True, meta: dict | None = None) -> dict[str, MPPCResult]:
+    """MPPC of every ``{name: (source_a, source_b)}``, all layer pairs, in as few passes over the tokens as
+    ``max_gb`` (float64 cross sums) allows. Sources must share their token rows' hash."""
+    from tqdm.auto import tqdm
+
+    items = list(pairs_of_sources.items())
+    if not items:
+        return {}
+    for name, (sa, sb) in items:
+        corpus.check_same_stream(sa.stream_sha, sb.stream_sha, what=f"activations of {sa.name} and {sb.name}")
+    rows = items[0][1][0].rows
+    for name, (sa, sb) in items:
+        corpus.check_same_stream(items[0][1][0].stream_sha, sa.stream_sha, what="conditions of one pass")
+    dev = next(items[0][1][0].model.parameters()).device
+    if backend == "auto":
+        backend = "dense" if dev.type == "cuda" else "sparse"
+    # jobs: (condition, pairs) small enough for the budget; packed greedily into passes
+    budget = max_gb * 2**30
+    jobs = []
+    for name, (sa, sb) in items:
+        za, zb = sa.sizes(), sb.sizes()
+        per_a = {ka: sum(8 * za[ka] * zb[kb] for kb in sb.layers) for ka in sa.layers}
+        group, used = [], 0
+        for ka in sa.layers:
+            if group and used + per_a[ka] > budget:
+                jobs.append((name, group))
+                group, used = [], 0
+            group.append(ka)
+            used += per_a[ka]
+        jobs.append((name, group))
+    passes, cur, used = [], [], 0
+    for name, group in jobs:
+        sa, sb = pairs_of_sources[name]
+        za, zb = sa.sizes(), sb.sizes()
+        need = sum(8 * za[ka] * zb[kb] for ka in group for kb in sb.layers)
+        if cur and used + need > budget:
+            passes.append(cur)
+            cur, used = [], 0
+        cur.append((name, group))
+        used += need
+    passes.append(cur)
+
+    stats: dict[str, list[PairStats]] = {name: [] for name, _ in items}
+    batch_rows = max(1, chunk_tokens // rows.shape[1])
+    special = saes_mod.special_ids(items[0][1][0].model)
+    for i_pass, jobs_ in enumerate(passes):
+        accs = []
+        for name, group in jobs_:
+            sa, sb = pairs_of_sources[name]
+            za, zb = sa.sizes(), sb.sizes()
+            st = PairStats({k: za[k] for k in group}, zb, backend=backend,
+                           device=dev if backend == "dense" else "cpu")
+            accs.append((name, group, st))
+            stats[name].append(st)
+        models = {}  # id(model) -> (model, hooks, stop)
+        for name, group, _ in accs:
+            for s in pairs_of_sources[name]:
+                m = models.setdefault(id(s.model), [s.model, set(), 0])
+                for k in s.layers:
+                    m[1].update(s.hooks[k])
+                    m[2] = max(m[2], k + 1)
+        desc = f"MPPC pass {i_pass + 1}/{len(passes)}" if len(passes) > 1 else "MPPC"
+        for r0 in tqdm(range(0, len(rows), batch_rows), desc=desc, disable=not progress):
+            batch = rows[r0:r0 + batch_rows].to(dev)
+            mask = acts.token_mask(batch, special).to(dev)  # [b, L]
+            caches = {}
+            for key, (model, hooks, stop) in models.items():
+                _, caches[key] = model.run_with_cache(batch, names_filter=sorted(hooks), stop_at_layer=stop)
+            units = {}
+            for name, group, st in accs:
+                sa, sb = pairs_of_sources[name]
+                ua = units.setdefault(_unit_key(sa), sa.units_of(caches[id(sa.model)], mask))
+                ub = units.setdefault(_unit_key(sb), sb.units_of(caches[id(sb.model)], mask))
+                st.update({k: ua[k] for k in group}, ub)
+    out = {}
+    for name, (sa, sb) in items:
+        m = {**(meta or {}), "stream_sha": sa.stream_sha, "units": sa.units, "label": name}
+        out[name] = MPPCResult.from_stats(stats[name], sa.name, sb.name, m)
+    return out
+
+
+def _unit_key(s: Source):
+    return (id(s.model), s.units, tuple(id(s.saes.get(k)) for k in s.layers))
+
+
+# ----------------------------------------------------------------------------- the chapter's entry point
+def run(preset: "str | Preset", names=None, *, n_tokens: int | None = None, backend: str = "auto",
+        device: str | None = None, max_gb: float = 4.0, progress: bool = True, threads: int | None = None,
+        train_if_missing: bool = True) -> dict[str, MPPCResult]:
+    """All-layer-pairs MPPC of the preset's conditions (default: all six), loaded from the cache or computed in
+    one pass over the `eval` tokens. Returns ``{condition: MPPCResult}``."""
+    p = get_preset(preset)
+    conds = conditions(p)
+    names = list(names) if names is not None else list(CONDITION_ORDER)
+    for n in names:
+        if n not in conds:
+            raise UniversalityError(f"unknown condition {n!r}: choose among {', '.join(conds)}")
+    rows = mppc_rows(p, n_tokens)
+    sha = rows_hash(rows)
+    keys = {}
+    for n in names:
+        c = conds[n]
+        spec = {"condition": c.__dict__, "rows": sha, "n_rows": len(rows), "v": _VERSION,
+                "model_a": _hash_of_model(p, c.a), "model_b": _hash_of_model(p, c.b)}
+        if c.units == "sae":
+            spec["saes"] = _sae_keys(p, c)
+        keys[n] = f"{n}-{cache.stable_hash(spec)}"
+    kind = f"{KIND}/{p.name}"
+    out = {}
+    todo = [n for n in names if not (cache.cache_dir() / kind / keys[n] / cache.MANIFEST).exists()]
+    if todo:
+        with saes_mod.threads_set_to(threads):
+            results = _compute_conditions(p, [conds[n] for n in todo], rows, backend=backend, device=device,
+                                          max_gb=max_gb, progress=progress, train_if_missing=train_if_missing,
+                                          threads=threads)
+        for n, res in results.items():
+            res.meta.update({"preset": p.name, "condition": n, "label": conds[n].label})
+            cache.cached_folder(kind, keys[n], lambda tmp, r=res: r.save(tmp))
+    for n in names:
+        def missing(tmp, n=n):
+            raise UniversalityError(f"the MPPC result of {n!r} vanished from the cache while in use; run again.")
+
+        out[n] = MPPCResult.load(cache.cached_folder(kind, keys[n], missing))
+    return out
+
+
+def _n_layers(p: Preset, name: str) -> int:
+    family, _ = zoo.spec(p, name)
+    return p.transformer.n_layers if family == "transformer" else p.mamba.n_layers
+
+
+def _sae_keys(p: Preset, c: Condition) -> list[str]:
+    return [saes_mod.folder_for(p, m, layer, s).name for m, s in ((c.a, c.seed_a), (c.b, c.seed_b))
+            for layer in range(_n_layers(p, m))]
+
+
+def _compute_conditions(p: Preset, conds: list, rows, *, backend, device, max_gb, progress, train_if_missing,
+                        threads) -> dict[str, MPPCResult]:
+    models = {}
+
+    def model(name):
+        if name not in models:
+            models[name] = zoo.load(p, name, device=device)
+        return models[name]
+
+    sae_cache = {}
+
+    def sae_dict(name, seed):
+        if (name, seed) not in sae_cache:
+            m = model(name)
+            sae_cache[(name, seed)] = {
+                layer: saes_mod.get(p, name, layer, seed, model=m, device=device, progress=progress,
+                                    train_if_missing=train_if_missing, threads=threads)
+                for layer in range(m.cfg.n_layers)}
+        return sae_cache[(name, seed)]
+
+    sources = {}
+    for c in conds:
+        if c.units == "sae":
+            sa = Source(c.a, model(c.a), rows, "sae", sae_dict(c.a, c.seed_a))
+            sb = Source(c.b, model(c.b), rows, "sae", sae_dict(c.b, c.seed_b))
+        else:
+            sa = Source(c.a, model(c.a), rows, "neurons")
+            sb = Source(c.b, model(c.b), rows, "neurons")
+        sources[c.name] = (sa, sb)
+    return compute(sources, backend=backend, max_gb=max_gb, progress=progress)
+
+
+def summary_table(results: dict[str, MPPCResult], sides=("a", "b"), n_boot: int = 1000):
+    """pandas DataFrame, one row per (condition, direction): mean MPPC and bootstrap 95% interval, median,
+    fraction above 0.5 / 0.7 / 0.9, live and excluded unit counts."""
+    import pandas as pd
+
+    recs = []
+    for name, r in results.items():
+        for s in sides:
+            src, dst = (r.name_a, r.name_b) if s == "a" else (r.name_b, r.name_a)
+            recs.append({"condition": name, "direction": f"{src}→{dst}", "side": s, "units": r.meta.get("units"),
+                         **r.summary(s, n_boot=n_boot)})
+    return pd.DataFrame(recs)
