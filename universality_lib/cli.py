@@ -1,9 +1,11 @@
-"""Command line: ``python -m universality_lib {train,book,info}``.
+"""Command line: ``python -m universality_lib {train,book,info,report}``.
 
 * ``train --preset P [--models T T2 M] [--device cuda] [--max-steps N]``: train a preset's zoo (resumable).
 * ``book --preset P [--out build] [--chapters ...] [--no-html]``: execute every chapter with papermill,
   then build the HTML book.
 * ``info --preset P``: the preset, its corpus manifest and its zoo.
+* ``report --preset P [--out build] [--results DIR] [--markdown]``: the reproduction report (claims C1-C10) from
+  the chapters' results files; exits 1 when a chapter's results are missing.
 """
 from __future__ import annotations
 
@@ -41,7 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("info", help="show a preset, its corpus and its zoo")
     _preset_arg(i)
 
+    r = sub.add_parser("report", help="the reproduction report: each claim of the paper, held or not")
+    from .report import add_arguments as _report_arguments
+
+    _report_arguments(r)
+
     args = ap.parse_args(argv)
+    if args.cmd == "report":
+        from .report import run as _report
+
+        return _report(args.preset, args.out, args.results, args.markdown)
     try:
         preset = presets.get(args.preset)
         if args.cmd == "train":

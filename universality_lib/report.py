@@ -1,0 +1,329 @@
+"""The reproduction report: for each of the paper's claims, the criterion, the paper's number, this run's number,
+the preset, and whether the claim held.
+
+Built from the chapters' results files (:func:`universality_lib.results.load_results`) and, when the book runner
+wrote one, its ``timings.json`` (time per chapter, machine). The book's last page and
+``python -m universality_lib report [--preset P]`` print the same table; the command exits non-zero when a
+chapter's results are missing.
+
+Glossary: ``T`` / ``T2`` the Transformer and its second-seed twin, ``M`` the Mamba, ``M0`` the untrained Mamba
+(random baseline); MPPC = max pairwise Pearson correlation of a feature's activations with any feature of the
+other model; ``A`` / ``B`` the induction prompt's tokens (``... A B ... A`` -> predict ``B``); ``B+1`` the position
+after ``B``. Claims C1-C10 and the paper's numbers are those of the paper digest (``shared/paper-digest.md``,
+sections 4 and 7), with its provenance tags ([CODE] = the authors' released result tensors, [3RD] = unverified
+third-party notes, [REV] = the reviewers' summary, ...).
+
+The claim table (:data:`CLAIMS`) is data: each row names the chapter (by its number prefix) and the result names
+that decide the claim (``verdict``: every one must be recorded with ``passed=True`` for "held") or are shown
+beside them (``shown``). Rows P1-P3 are prerequisites of the claims (the models are comparable, do induction, and
+their SAEs are good).
+
+The result names each chapter must record (``results.record(name, value, claim=..., criterion=...,
+passed=...)``; verdict names need ``passed`` True/False):
+
+=====================  ==================================  ===================================================
+chapter                verdict names                       shown names
+=====================  ==================================  ===================================================
+01 two architectures   ``param_ratio_M_over_T``,           ``induction_ratio_random_T2``
+                       ``induction_ratio_random_T``,
+                       ``induction_ratio_random_M``
+02 SAEs                ``sae_fve_min``,                    ``sae_count``
+                       ``sae_l0_frac_range``,
+                       ``sae_dead_frac_max``,
+                       ``sae_ce_recovered_min``
+03 similarity          ``mppc_mean_main`` (C1: T->M, main  ``mppc_mean_random``, ``mppc_mean_main_reverse``
+                       well above random),                 (M->T), ``neuron_mppc_mean_random``,
+                       ``neuron_mppc_mean_main`` (C2),     ``mppc_mean_model_seed``, ``mppc_mean_sae_seed``,
+                       ``mppc_ordering`` (C3: [random,     ``mppc_skyline_share`` ((main - random) /
+                       main, model seed, SAE seed] means)  (model seed - random))
+04 universality        ``depth_spearman_rho`` (C4),        ``depth_spearman_ci``, ``complexity_proxy`` (the
+                       ``complexity_spearman_rho`` (C5)    proxy behind the rho, a string)
+05 induction circuits  ``induction_head_share``,           ``induction_head``, ``prev_token_head`` ("LlHh"),
+                       ``prev_token_head_share`` (C6),     ``mamba_induction_layer``, ``conv_effect_by_offset``
+                       ``mamba_induction_layer_share`` (C7),
+                       ``conv_prev_token_effect`` (C8)
+06 off-by-one          ``off_by_one_peak_offset`` (C9:     ``off_by_one_effect_by_offset`` (list, offsets 0..3)
+                       offset of the peak, 1 = B+1),
+                       ``off_by_one_transformer_control``
+=====================  ==================================  ===================================================
+
+A chapter that has not run (no results file with its prefix) shows "not run yet"; a chapter that ran but did not
+record a verdict name shows "missing result" (and the command exits non-zero too).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import results as _results
+from .errors import UniversalityError
+
+__all__ = ["Claim", "CLAIMS", "HELD", "NOT_HELD", "NOT_RUN", "MISSING", "NO_VERDICT", "NOT_TESTABLE",
+           "claim_rows", "missing_chapters", "load_timings", "timings_rows", "to_markdown", "to_text",
+           "format_value", "add_arguments", "run", "main"]
+
+HELD, NOT_HELD, NOT_RUN = "held", "did not hold", "not run yet"
+MISSING, NO_VERDICT, NOT_TESTABLE = "missing result", "no verdict", "not testable here"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of the report."""
+
+    id: str  # "C1" ... "C10"; "P1" ... for prerequisites
+    title: str  # the claim in one line
+    chapter: str | None  # the chapter's number prefix ("03"); None: no chapter can test it here
+    verdict: tuple[str, ...]  # result names whose `passed` decide the claim
+    shown: tuple[str, ...]  # result names shown beside them
+    criterion: str  # the digest's operational test (the chapter's recorded criterion replaces it)
+    paper: str  # the paper's number, or what is known of it
+    source: str  # provenance tags (paper digest)
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("P1", "The two models have comparable sizes", "01", ("param_ratio_M_over_T",), (),
+          "M/T parameter ratio within [0.8, 1.25]", "Mamba-130M vs Pythia-160M (ratio 0.81)", "[Q][CODE]"),
+    Claim("P2", "Both models do induction (prerequisite of C6-C9)", "01",
+          ("induction_ratio_random_T", "induction_ratio_random_M"), ("induction_ratio_random_T2",),
+          "repeat loss <= 0.5 x first-copy loss on repeated random tokens",
+          "both do: clean p(B) 0.017 (Pythia), 0.049 (Mamba) on random-token induction prompts", "[CODE results]"),
+    Claim("P3", "The SAEs are good enough to compare", "02",
+          ("sae_fve_min", "sae_l0_frac_range", "sae_dead_frac_max", "sae_ce_recovered_min"), ("sae_count",),
+          "every SAE: FVE >= 0.8, L0 5-10% of the dictionary, <= 10% dead, CE recovered >= 0.8",
+          "not reported (SAE hyper-parameters and quality UNKNOWN)", "[digest 2.2]"),
+    Claim("C1", "SAE features are largely shared across architectures", "03", ("mppc_mean_main",),
+          ("mppc_mean_random", "mppc_mean_main_reverse"),
+          "mean MPPC T->M well above the random baseline, close to the model-seed skyline",
+          "mean MPPC ~0.74; >30% of features 'very highly' matched (both UNVERIFIED, threshold unknown)",
+          "[3RD][ML-ja]"),
+    Claim("C2", "SAEs are needed: neurons are far less universal", "03", ("neuron_mppc_mean_main",),
+          ("neuron_mppc_mean_random",),
+          "neuron MPPC (main) much lower than SAE-feature MPPC (main), close to its own random baseline",
+          "neurons show 'almost zero similarity' (UNVERIFIED); Fig. 3b", "[3RD][Q]"),
+    Claim("C3", "Random < main <= model-seed skyline <= SAE-seed skyline", "03", ("mppc_ordering",),
+          ("mppc_mean_model_seed", "mppc_mean_sae_seed", "mppc_skyline_share"),
+          "ordering of the mean MPPCs, with a small main-to-skyline gap",
+          "main 'falls only slightly short of skylines'; means UNKNOWN", "[REV][Q]"),
+    Claim("C4", "Matched features sit at corresponding depths", "04", ("depth_spearman_rho",), ("depth_spearman_ci",),
+          "Spearman rho between relative depths of matched features > 0 (interval above 0)",
+          "roughly diagonal layer-pair map, Mamba layer ~ 2 x Pythia layer; values UNKNOWN", "[REV][SS][INF]"),
+    Claim("C5", "The most shared features are the simpler ones", "04", ("complexity_spearman_rho",),
+          ("complexity_proxy",), "negative Spearman rho between MPPC and a complexity proxy",
+          "features with the most overlap are simpler and more monosemantic (LLM-scored); coefficient UNKNOWN",
+          "[REV][ABS]"),
+    Claim("C6", "Transformer induction: previous-token head -> induction head", "05",
+          ("induction_head_share", "prev_token_head_share"), ("induction_head", "prev_token_head"),
+          "one head dominates the direct effect on the B logit; one earlier head at B carries most of the effect "
+          "through it",
+          "L5H0: B logit 9.31 -> 6.96 (delta -2.35), p 0.0170 -> 0.0025; L3H2 via L5H0: delta -2.00",
+          "[CODE results]"),
+    Claim("C7", "Mamba induction sits in one layer's SSM state", "05", ("mamba_induction_layer_share",),
+          ("mamba_induction_layer",), "one layer's state dominates the state-history path-patching sweep",
+          "layer 17 of 24: delta logit -7.87, p 0.0486 -> 0.0003; next layer 12 (-2.35)", "[CODE results]"),
+    Claim("C8", "The conv1d does the previous-token mixing", "05", ("conv_prev_token_effect",),
+          ("conv_effect_by_offset",), "conv-input patching has a large effect only from the preceding positions "
+          "(A, B), not the current one",
+          "L17 conv output at B+1: x_in@B -8.24, x_in@A -6.97, x_in@B+1 +0.08", "[CODE results]"),
+    Claim("C9", "Off-by-One: a token's information enters the SSM state one position later", "06",
+          ("off_by_one_peak_offset", "off_by_one_transformer_control"), ("off_by_one_effect_by_offset",),
+          "the state-write patching effect peaks at B+1, not B; in the Transformer the effect sits at B",
+          "L17 state write: B -0.01, B+1 -9.13, B+2 +0.52, B+3 +0.16 (delta logit)", "[CODE notebook output]"),
+    Claim("C10", "The findings hold for the 2.8B models", None, (), (),
+          "the same analyses on Pythia-2.8B / Mamba-2.8B", "Appendix D.5 (numbers UNKNOWN)", "[Q]"),
+)
+
+
+# ----------------------------------------------------------------------------- reading results
+def _chapter_records(res: dict[str, list[dict]], prefix: str) -> tuple[list[str], dict[str, dict]]:
+    """(chapter names with this number prefix, {result name: record}) from ``load_results`` output."""
+    chapters = [ch for ch in sorted(res) if ch.split("_", 1)[0] == prefix]
+    by_name: dict[str, dict] = {}
+    for ch in chapters:
+        for r in res[ch]:
+            if isinstance(r, dict) and r.get("name"):
+                by_name[r["name"]] = r
+    return chapters, by_name
+
+
+def format_value(v: Any) -> str:
+    """A recorded value as short text (3 significant digits for floats)."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else format(v, ".3g")
+    if isinstance(v, int):
+        return format(v, ",d")
+    if isinstance(v, list):
+        return "[" + ", ".join(format_value(x) for x in v) + "]"
+    return str(v)
+
+
+def claim_rows(directory: str | os.PathLike | None = None, preset: str | None = None,
+               results: dict[str, list[dict]] | None = None, claims: Sequence[Claim] = CLAIMS) -> list[dict]:
+    """One dict per claim: ``id``, ``claim``, ``chapter``, ``criterion``, ``paper``, ``source``, ``this_run``,
+    ``preset``, ``status`` (held / did not hold / not run yet / missing result / no verdict / not testable here),
+    ``missing`` (verdict names the chapter did not record).
+
+    ``directory``: the results folder (default: :func:`universality_lib.results.results_dir`); ``results``: an
+    already loaded ``load_results`` dict instead. ``preset``: the preset asked for; records of another preset are
+    flagged in the ``preset`` column."""
+    res = results if results is not None else _results.load_results(directory)
+    rows = []
+    for c in claims:
+        row = {"id": c.id, "claim": c.title, "chapter": c.chapter, "criterion": c.criterion, "paper": c.paper,
+               "source": c.source, "this_run": "", "preset": "", "status": NOT_TESTABLE, "missing": []}
+        rows.append(row)
+        if c.chapter is None:
+            continue
+        chapters, recs = _chapter_records(res, c.chapter)
+        if not chapters:
+            row["status"] = NOT_RUN
+            continue
+        found = [n for n in (*c.verdict, *c.shown) if n in recs]
+        row["this_run"] = "; ".join(f"{n} = {format_value(recs[n].get('value'))}" for n in found)
+        criteria = [recs[n]["criterion"] for n in c.verdict if n in recs and recs[n].get("criterion")]
+        if criteria:
+            row["criterion"] = "; ".join(dict.fromkeys(criteria))
+        presets_seen = sorted({str(recs[n].get("preset")) for n in found if recs[n].get("preset")})
+        row["preset"] = ", ".join(presets_seen)
+        if preset is not None and presets_seen and presets_seen != [preset]:
+            row["preset"] += f" (asked for {preset})"
+        row["missing"] = [n for n in c.verdict if n not in recs]
+        passed = [recs[n].get("passed") for n in c.verdict if n in recs]
+        if row["missing"]:
+            row["status"] = MISSING
+        elif any(p is False for p in passed):
+            row["status"] = NOT_HELD
+        elif all(p is True for p in passed):
+            row["status"] = HELD
+        else:
+            row["status"] = NO_VERDICT
+    return rows
+
+
+def missing_chapters(directory: str | os.PathLike | None = None, results: dict[str, list[dict]] | None = None,
+                     claims: Sequence[Claim] = CLAIMS) -> list[str]:
+    """The chapter prefixes the claim table needs that have no results file (in book order)."""
+    res = results if results is not None else _results.load_results(directory)
+    need = dict.fromkeys(c.chapter for c in claims if c.chapter is not None)
+    return [ch for ch in need if not _chapter_records(res, ch)[0]]
+
+
+# ----------------------------------------------------------------------------- timings
+def load_timings(directory: str | os.PathLike | None = None) -> dict | None:
+    """The book runner's ``timings.json`` beside the results folder (``<out>/<preset>/timings.json``), or None."""
+    path = _results.results_dir(directory).resolve().parent / "timings.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UniversalityError(f"{path} is not valid JSON ({e}); re-run the book to rewrite it.") from e
+
+
+def timings_rows(timings: dict | None) -> list[dict]:
+    """One dict per executed chapter: chapter, minutes, status (empty without timings)."""
+    if not timings:
+        return []
+    return [{"chapter": c.get("chapter"), "minutes": round(float(c.get("seconds") or 0.0) / 60, 2),
+             "status": c.get("status")} for c in timings.get("chapters", [])]
+
+
+# ----------------------------------------------------------------------------- rendering
+_STATUS_MARK = {HELD: "held", NOT_HELD: "**did not hold**", NOT_RUN: "*not run yet*", MISSING: "**missing result**",
+                NO_VERDICT: "no verdict", NOT_TESTABLE: "*not testable here*"}
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(rows: list[dict]) -> str:
+    """The claims as a Markdown table (for the book's last page)."""
+    head = "| | claim | criterion | paper (source) | this run | preset | status |\n|---|---|---|---|---|---|---|\n"
+    body = "".join(
+        f"| **{r['id']}** | {_md_cell(r['claim'])} | {_md_cell(r['criterion'])} | "
+        f"{_md_cell(r['paper'])} ({_md_cell(r['source'])}) | {_md_cell(r['this_run'] or '-')} | "
+        f"{_md_cell(r['preset'] or '-')} | {_STATUS_MARK.get(r['status'], r['status'])} |\n" for r in rows)
+    return head + body
+
+
+def to_text(rows: list[dict], width: int = 100) -> str:
+    """The claims for a terminal: a summary table, then one block per claim."""
+    out = [f"{'':4} {'status':16} {'preset':8} claim", f"{'':4} {'-' * 16} {'-' * 8} {'-' * 40}"]
+    for r in rows:
+        out.append(f"{r['id']:4} {r['status']:16} {(r['preset'] or '-')[:8]:8} {r['claim']}")
+    out.append("")
+    wrap = lambda label, text: textwrap.fill(str(text), width=width, initial_indent=f"     {label:10}",  # noqa: E731
+                                             subsequent_indent=" " * 15)
+    for r in rows:
+        out.append(f"{r['id']:4} {r['claim']}  [{r['status']}]")
+        out.append(wrap("criterion", r["criterion"]))
+        out.append(wrap("paper", f"{r['paper']} {r['source']}"))
+        if r["this_run"]:
+            out.append(wrap("this run", r["this_run"]))
+        if r["missing"]:
+            out.append(wrap("missing", ", ".join(r["missing"])))
+        out.append("")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- command line
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The report's options (shared by ``python -m universality_lib report`` and ``-m universality_lib.report``)."""
+    from . import presets
+
+    ap.add_argument("--preset", default=presets.DEFAULT, help=f"one of {', '.join(presets.NAMES)}")
+    ap.add_argument("--out", default="build", help="the book runner's output folder (results in OUT/PRESET/results)")
+    ap.add_argument("--results", default=None, help="a results folder (overrides --out)")
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table instead")
+
+
+def run(preset: str, out: str | os.PathLike = "build", results: str | os.PathLike | None = None,
+        markdown: bool = False) -> int:
+    """Print the report; return the exit status: 0 when every chapter the claims need recorded its verdict
+    names, 1 when a chapter's results (or a verdict name) are missing, 2 for bad input."""
+    from . import presets
+
+    try:
+        p = presets.get(preset)
+        directory = Path(results) if results else Path(out) / p.name / "results"
+        res = _results.load_results(directory)
+        rows = claim_rows(results=res, preset=p.name)
+        missing = missing_chapters(results=res)
+        timings = load_timings(directory)
+    except UniversalityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"Reproduction report: preset {p.name!r}, results in {directory}\n")
+    print(to_markdown(rows) if markdown else to_text(rows))
+    t = timings_rows(timings)
+    if t:
+        print("time per chapter: " + ", ".join(f"{r['chapter']} {r['minutes']} min ({r['status']})" for r in t))
+    incomplete = [r["id"] for r in rows if r["status"] == MISSING]
+    if missing:
+        print(f"error: no results from chapter(s) {', '.join(missing)} in {directory}: run them with "
+              f"`python -m universality_lib book --preset {p.name}`.", file=sys.stderr)
+    if incomplete:
+        print(f"error: claim(s) {', '.join(incomplete)}: their chapter ran but did not record every verdict name "
+              f"(see the 'missing' lines above).", file=sys.stderr)
+    return 1 if (missing or incomplete) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m universality_lib.report [--preset P] [--out build] [--results DIR] [--markdown]``."""
+    ap = argparse.ArgumentParser(prog="python -m universality_lib report", description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    return run(args.preset, args.out, args.results, args.markdown)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
