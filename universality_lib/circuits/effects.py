@@ -101,6 +101,14 @@ class Effects:
         second = rest.max()
         return float(d[i] / second) if second > 0 else float("inf")
 
+    def dominates(self, metric: str = "logit_B", direction: str = "down", ratio: float = 1.5, z: float = 3.0) -> bool:
+        """The book's criterion for "one component dominates": the top component moves the metric in
+        ``direction`` by more than ``z`` standard errors, and by at least ``ratio`` times the runner-up's |Δ|."""
+        i = int(self.order(metric, direction)[0])
+        d, se = float(self.delta(metric)[i]), float(self.delta_se(metric)[i])
+        right_way = d < 0 if direction == "down" else d > 0 if direction == "up" else d != 0
+        return bool(right_way and abs(d) > z * se and self.ratio_to_second(metric, direction) >= ratio)
+
     def summary(self, metric: str = "logit_B", direction: str = "down") -> dict:
         """The top component and its numbers (a dict for ``results.record`` and prose)."""
         i = int(self.order(metric, direction)[0])

@@ -46,6 +46,16 @@ def parse_head(label: str) -> tuple[int, int]:
         raise UniversalityError(f"not a head label like 'L1H3': {label!r}") from None
 
 
+def best_head(effects: Effects, min_layer: int = 1, metric: str = "logit_B") -> str:
+    """The head with the largest decrease of ``metric`` among layers >= ``min_layer`` (an induction head
+    needs an earlier head to compose with, so the receiver of :func:`head_to_head_to_logits` sits in layer 1
+    or above)."""
+    for i in effects.order(metric, "down"):
+        if parse_head(effects.labels[int(i)])[0] >= min_layer:
+            return effects.labels[int(i)]
+    raise UniversalityError(f"no head in layers >= {min_layer} among {effects.labels}")
+
+
 def _check(model, prompts: InductionPrompts):
     if not hasattr(model.cfg, "n_heads") or z_name(0) not in model.hook_dict:
         raise UniversalityError("Transformer path patching needs a HookedTransformer (attn.hook_z per layer)")
