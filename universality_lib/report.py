@@ -19,33 +19,29 @@ beside them (``shown``). Rows P1-P3 are prerequisites of the claims (the models 
 their SAEs are good).
 
 The result names each chapter must record (``results.record(name, value, claim=..., criterion=...,
-passed=...)``; verdict names need ``passed`` True/False):
+passed=...)``; a verdict name needs ``passed`` True/False, a shown name is descriptive):
 
-=====================  ==================================  ===================================================
-chapter                verdict names                       shown names
-=====================  ==================================  ===================================================
-01 two architectures   ``param_ratio_M_over_T``,           ``induction_ratio_random_T2``
-                       ``induction_ratio_random_T``,
-                       ``induction_ratio_random_M``
-02 SAEs                ``sae_fve_min``,                    ``sae_count``
-                       ``sae_l0_frac_range``,
-                       ``sae_dead_frac_max``,
-                       ``sae_ce_recovered_min``
-03 similarity          ``mppc_mean_main`` (C1: T->M, main  ``mppc_mean_random``, ``mppc_mean_main_reverse``
-                       well above random),                 (M->T), ``neuron_mppc_mean_random``,
-                       ``neuron_mppc_mean_main`` (C2),     ``mppc_mean_model_seed``, ``mppc_mean_sae_seed``,
-                       ``mppc_ordering`` (C3: [random,     ``mppc_skyline_share`` ((main - random) /
-                       main, model seed, SAE seed] means)  (model seed - random))
-04 universality        ``depth_spearman_rho`` (C4),        ``depth_spearman_ci``, ``complexity_proxy`` (the
-                       ``complexity_spearman_rho`` (C5)    proxy behind the rho, a string)
-05 induction circuits  ``induction_head_share``,           ``induction_head``, ``prev_token_head`` ("LlHh"),
-                       ``prev_token_head_share`` (C6),     ``mamba_induction_layer``, ``conv_effect_by_offset``
-                       ``mamba_induction_layer_share`` (C7),
-                       ``conv_prev_token_effect`` (C8)
-06 off-by-one          ``off_by_one_peak_offset`` (C9:     ``off_by_one_effect_by_offset`` (list, offsets 0..3)
-                       offset of the peak, 1 = B+1),
-                       ``off_by_one_transformer_control``
-=====================  ==================================  ===================================================
+* 01 two architectures: verdict ``param_ratio_M_over_T`` (P1), ``induction_ratio_random_T``,
+  ``induction_ratio_random_M`` (P2); shown ``induction_ratio_random_T2``.
+* 02 SAEs: verdict ``sae_fve_min``, ``sae_l0_frac_range``, ``sae_dead_frac_max``, ``sae_ce_recovered_min`` (P3);
+  shown ``sae_count``.
+* 03 similarity: verdict ``mppc_mean_main`` (C1: mean MPPC T->M, passed when well above random),
+  ``neuron_mppc_mean_main`` (C2: passed when far below the SAE features' MPPC), ``mppc_ordering`` (C3: the list
+  of means [random, main, model seed, SAE seed], passed when ordered); shown ``mppc_mean_random``,
+  ``mppc_mean_main_reverse`` (M->T), ``neuron_mppc_mean_random``, ``mppc_mean_model_seed``, ``mppc_mean_sae_seed``,
+  ``mppc_skyline_share`` ((main - random) / (model seed - random)).
+* 04 universality: verdict ``depth_spearman_rho`` (C4), ``complexity_spearman_rho`` (C5); shown
+  ``depth_spearman_ci``, ``complexity_proxy`` (the proxy behind the rho, a string).
+* 05 induction circuits (as the chapter records them): verdict ``T_head_to_logits_ratio`` and
+  ``T_head_to_head_ratio`` (C6: the top head dominates, for the induction and the previous-token step),
+  ``M_state_to_logits_ratio`` and ``M_state_fake_delta`` (C7: one layer's state dominates; patching it moves the
+  prediction toward B'), ``M_conv_best_lag`` (C8: the strongest conv input sits before the output); shown
+  ``T_head_to_logits_top`` / ``_delta`` / ``_share``, ``T_head_to_head_top`` / ``_delta``,
+  ``M_state_to_logits_top`` / ``_delta`` / ``_share``, ``M_conv_layer``, ``M_conv_best_output``,
+  ``M_conv_best_input``, ``M_conv_best_delta``, ``M_conv_same_position_delta``.
+* 06 off-by-one: verdict ``off_by_one_peak_offset`` (C9: the offset of the largest state-write effect, passed
+  when it is 1, i.e. B+1), ``off_by_one_transformer_control`` (passed when the Transformer's effect sits at B);
+  shown ``off_by_one_effect_by_offset`` (list over offsets 0..3).
 
 A chapter that has not run (no results file with its prefix) shows "not run yet"; a chapter that ran but did not
 record a verdict name shows "missing result" (and the command exits non-zero too).
@@ -119,17 +115,24 @@ CLAIMS: tuple[Claim, ...] = (
           "features with the most overlap are simpler and more monosemantic (LLM-scored); coefficient UNKNOWN",
           "[REV][ABS]"),
     Claim("C6", "Transformer induction: previous-token head -> induction head", "05",
-          ("induction_head_share", "prev_token_head_share"), ("induction_head", "prev_token_head"),
+          ("T_head_to_logits_ratio", "T_head_to_head_ratio"),
+          ("T_head_to_logits_top", "T_head_to_logits_delta", "T_head_to_logits_share", "T_head_to_head_top",
+           "T_head_to_head_delta"),
           "one head dominates the direct effect on the B logit; one earlier head at B carries most of the effect "
           "through it",
           "L5H0: B logit 9.31 -> 6.96 (delta -2.35), p 0.0170 -> 0.0025; L3H2 via L5H0: delta -2.00",
           "[CODE results]"),
-    Claim("C7", "Mamba induction sits in one layer's SSM state", "05", ("mamba_induction_layer_share",),
-          ("mamba_induction_layer",), "one layer's state dominates the state-history path-patching sweep",
-          "layer 17 of 24: delta logit -7.87, p 0.0486 -> 0.0003; next layer 12 (-2.35)", "[CODE results]"),
-    Claim("C8", "The conv1d does the previous-token mixing", "05", ("conv_prev_token_effect",),
-          ("conv_effect_by_offset",), "conv-input patching has a large effect only from the preceding positions "
-          "(A, B), not the current one",
+    Claim("C7", "Mamba induction sits in one layer's SSM state", "05",
+          ("M_state_to_logits_ratio", "M_state_fake_delta"),
+          ("M_state_to_logits_top", "M_state_to_logits_delta", "M_state_to_logits_share"),
+          "one layer's state dominates the state-history path-patching sweep; patching it moves the prediction "
+          "toward B'",
+          "layer 17 of 24: delta logit -7.87, p 0.0486 -> 0.0003; next layer 12 (-2.35); fake B' logit +3.43",
+          "[CODE results]"),
+    Claim("C8", "The conv1d does the previous-token mixing", "05", ("M_conv_best_lag",),
+          ("M_conv_layer", "M_conv_best_output", "M_conv_best_input", "M_conv_best_delta",
+           "M_conv_same_position_delta"),
+          "conv-input patching has a large effect only from the preceding positions (A, B), not the current one",
           "L17 conv output at B+1: x_in@B -8.24, x_in@A -6.97, x_in@B+1 +0.08", "[CODE results]"),
     Claim("C9", "Off-by-One: a token's information enters the SSM state one position later", "06",
           ("off_by_one_peak_offset", "off_by_one_transformer_control"), ("off_by_one_effect_by_offset",),
@@ -257,9 +260,9 @@ def to_markdown(rows: list[dict]) -> str:
 
 def to_text(rows: list[dict], width: int = 100) -> str:
     """The claims for a terminal: a summary table, then one block per claim."""
-    out = [f"{'':4} {'status':16} {'preset':8} claim", f"{'':4} {'-' * 16} {'-' * 8} {'-' * 40}"]
+    out = [f"{'':4} {'status':18} {'preset':8} claim", f"{'':4} {'-' * 18} {'-' * 8} {'-' * 40}"]
     for r in rows:
-        out.append(f"{r['id']:4} {r['status']:16} {(r['preset'] or '-')[:8]:8} {r['claim']}")
+        out.append(f"{r['id']:4} {r['status']:18} {(r['preset'] or '-')[:8]:8} {r['claim']}")
     out.append("")
     wrap = lambda label, text: textwrap.fill(str(text), width=width, initial_indent=f"     {label:10}",  # noqa: E731
                                              subsequent_indent=" " * 15)
