@@ -80,3 +80,35 @@ def test_add_repeats_sequence_mode_tiles_the_row():
     assert len(found) > 1  # the period varies from row to row
     with pytest.raises(Exception, match="repeat_mode"):
         add_repeats(batch, TrainConfig(repeat_frac=0.5, repeat_span=4, repeat_mode="nope"), torch.arange(5), step=0)
+
+
+def _period(row: torch.Tensor) -> int:
+    return next(k for k in range(1, len(row)) if torch.equal(row[k:], row[:-k]))
+
+
+def test_period_ramp_grows_from_two_to_the_span():
+    from universality_lib.train import max_period
+
+    cfg = TrainConfig(repeat_frac=1.0, repeat_span=16, repeat_mode="sequence", repeat_ramp_frac=0.5)
+    assert [max_period(cfg, s, 100) for s in (0, 25, 50, 99)] == [2, 9, 16, 16]
+    early = add_repeats(torch.zeros(32, 40, dtype=torch.long), cfg, torch.arange(100, 1100), step=0, total=100)
+    late = add_repeats(torch.zeros(32, 40, dtype=torch.long), cfg, torch.arange(100, 1100), step=90, total=100)
+    assert max(_period(r[1:]) for r in early) <= 2
+    assert max(_period(r[1:]) for r in late) > 8
+    lo = TrainConfig(repeat_frac=1.0, repeat_span=16, repeat_mode="sequence", repeat_min_period=12)
+    assert min(_period(r[1:]) for r in add_repeats(torch.zeros(32, 40, dtype=torch.long), lo,
+                                                     torch.arange(100, 1100), step=3)) >= 12
+
+
+def test_mamba_lr_applies_to_the_mamba_only():
+    from universality_lib.models.mamba import HookedMamba, MambaConfig
+    from universality_lib.models.transformer import make_transformer
+    from universality_lib.presets import get
+    from universality_lib.train import lr_at, peak_lr
+
+    cfg = TrainConfig(lr=1e-3, mamba_lr=4e-3, warmup_steps=0)
+    m = HookedMamba(MambaConfig(d_model=16, n_layers=1, d_vocab=50))
+    t = make_transformer(get("smoke").transformer, 50, seed=0)
+    assert peak_lr(cfg, m) == 4e-3 and peak_lr(cfg, t) == 1e-3
+    assert peak_lr(TrainConfig(lr=1e-3), m) == 1e-3
+    assert lr_at(0, 10, cfg, 4e-3) == 4e-3
