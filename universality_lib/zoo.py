@@ -56,6 +56,12 @@ def spec(preset: "str | Preset", name: str) -> tuple[str, int]:
                             f"{', '.join(names(p, True))}")
 
 
+def recipe_trials(preset: "str | Preset") -> list[dict]:
+    """The training recipes tried before the shipped one (scratch runs, measured, not re-run by the book)."""
+    f = shipped_dir(preset) / "recipe_trials.json"
+    return json.loads(f.read_text())["trials"] if f.exists() else []
+
+
 # ----------------------------------------------------------------------------- build / save / load
 def build(preset: "str | Preset", name: str, tokenizer=None, device: str = "cpu"):
     """A freshly initialised (untrained) model of the zoo, deterministic in its seed."""
