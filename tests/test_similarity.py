@@ -108,7 +108,7 @@ def test_dead_and_constant_units_are_excluded_not_scored():
     assert not np.isin(pm["b_idx"], [3, 4]).any()  # never anybody's best match
     res = MPPCResult.from_stats([st], "X", "Y")
     c = res.counts("a")
-    assert c == {"units": x.shape[1], "live": x.shape[1] - 2, "excluded": 2, "never_fired": 1, "constant": 1}
+    assert c == {"n_units": x.shape[1], "live": x.shape[1] - 2, "excluded": 2, "never_fired": 1, "constant": 1}
     assert len(res.values("a")) == x.shape[1] - 2 and np.isfinite(res.values("a")).all()
     s = res.summary("a", n_boot=200)
     assert s["excluded"] == 2 and s["ci_low"] <= s["mean"] <= s["ci_high"]

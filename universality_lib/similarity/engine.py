@@ -18,7 +18,8 @@ deviation); the authors used it in float32 with bf16 inputs. Here:
 * products are exact (a float32 times a float32 fits in a float64) and every sum is float64;
 * each unit gets a shift ``K`` fixed on the first chunk: its first-chunk mean when it is *dense* (fires
   on more than ``dense_threshold`` of the first chunk's tokens, e.g. every neuron), else 0, which keeps
-  sparse SAE features sparse. The rounding error of ``r`` is then at most about
+  sparse SAE features sparse (the same rule in both back ends, so they accumulate the same numbers; in a
+  float32 matmul, unshifted zeros also add no rounding). The rounding error of ``r`` is then at most about
   ``γ (1 + |m-K|/σ)_a (1 + |m-K|/σ)_b`` with ``γ = (chunk + n_chunks) ε64 ≈ 1e-12``; for a sparse unit of
   density p, ``|m|/σ ≈ sqrt(p / (1 - p))`` < 1 below p = 0.5, and for a shifted unit ``|m-K|/σ`` is
   small. The largest factor seen is kept in the result (``meta["shift_condition"]``).
@@ -30,7 +31,8 @@ Back ends (the same statistics, the same answer to about 1e-12):
   adds ``x_ti y_tj`` into row i of S (race-free over i; cost ∝ Σ_t L0_a(t) L0_b(t)). Dense (shifted)
   units go through a dense float64 block instead.
 * ``"dense"``: ``S += (X - K)ᵀ (Y - K)`` with torch on any device; ``dtype=float64`` is exact,
-  ``float32`` is the fast (inexact, one rounding per chunk product) variant for GPUs.
+  ``float32`` is the fast variant for GPUs (its chunk products round in float32; the chunk sums are
+  still added in float64).
 
 Units that never fire or have zero variance in the sample are *excluded*: their r is NaN, they are never a
 best match, and they are counted (``live`` masks), not scored 0.
@@ -118,7 +120,7 @@ class _Units:
         self.s1, self.s2, self.nnz = z(), z(), np.zeros(self.size, dtype=np.int64)
 
     def _fix_shift(self, density: np.ndarray, mean: np.ndarray) -> None:
-        self.dense = np.ones(self.size, bool) if self.backend == "dense" else density > self.thr
+        self.dense = density > self.thr
         self.K = np.where(self.dense, mean, 0.0)
         self.dcols = np.flatnonzero(self.dense).astype(np.int64)
 
@@ -132,7 +134,7 @@ class _Units:
         if self.backend == "dense":
             x = _as_dense(chunk, self.device, torch.float64)  # [t, F]
             if self.K is None:
-                self._fix_shift(np.ones(self.size), x.mean(0).cpu().numpy())
+                self._fix_shift((x != 0).double().mean(0).cpu().numpy(), x.mean(0).cpu().numpy())
                 self.K_t = torch.from_numpy(self.K).to(self.device)
             xs = x - self.K_t  # [t, F] shifted, float64
             self.s1 += xs.sum(0).cpu().numpy()
@@ -229,7 +231,10 @@ class PairStats:
         for (ka, kb), S in self.S.items():
             ua, ub = self.a[ka], self.b[kb]
             if self.backend == "dense":
-                S += (ua.xs.T @ ub.xs).to(torch.float64)  # [F_a, F_b]
+                if self.dtype == torch.float64:
+                    S.addmm_(ua.xs.T, ub.xs)  # [F_a, F_b], in place
+                else:
+                    S.add_(ua.xs.T @ ub.xs)  # float32 product, added in float64 without a float64 copy
                 continue
             _coact_ss(S, ua.spT.indptr, ua.spT.indices, ua.spT.data, ub.sp.indptr, ub.sp.indices, ub.sp.data)
             if len(ub.dcols):
@@ -270,9 +275,18 @@ class PairStats:
             C = S[r0:r1] - s1a[r0:r1, None] * s1b[None, :] / n  # [rows, F_b] centred co-moment
             yield r0, (C / (sda[r0:r1, None] * sdb[None, :])).clamp(-1.0, 1.0)
 
-    def pearson(self, ka, kb) -> np.ndarray:
-        """The full Pearson matrix [F_a, F_b] (float64, NaN where a unit is excluded)."""
-        return np.concatenate([r.cpu().numpy() for _, r in self._blocks(ka, kb)])
+    def pearson(self, ka, kb, rows=None) -> np.ndarray:
+        """The Pearson matrix [F_a, F_b] (float64, NaN where a unit is excluded); with ``rows`` (indices of a's
+        units) only those rows, [len(rows), F_b]."""
+        if rows is None:
+            return np.concatenate([r.cpu().numpy() for _, r in self._blocks(ka, kb)])
+        rows = np.asarray(rows)
+        out = np.empty((len(rows), self.b[kb].size))
+        for r0, r in self._blocks(ka, kb):
+            hit = (rows >= r0) & (rows < r0 + len(r))
+            if hit.any():
+                out[hit] = r[torch.from_numpy(rows[hit] - r0).to(r.device)].cpu().numpy()
+        return out
 
     def pair_max(self, ka, kb) -> dict:
         """Best match of every unit in both directions: ``a_val`` / ``a_idx`` [F_a] (max / argmax over b's

@@ -197,6 +197,9 @@ def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int 
         used += need
     passes.append(cur)
 
+    import time
+
+    t_start = time.perf_counter()
     stats: dict[str, list[PairStats]] = {name: [] for name, _ in items}
     batch_rows = max(1, chunk_tokens // rows.shape[1])
     special = saes_mod.special_ids(items[0][1][0].model)
@@ -231,7 +234,8 @@ def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int 
                 st.update({k: ua[k] for k in group}, ub)
     out = {}
     for name, (sa, sb) in items:
-        m = {**(meta or {}), "stream_sha": sa.stream_sha, "units": sa.units, "label": name}
+        m = {**(meta or {}), "stream_sha": sa.stream_sha, "units": sa.units, "label": name, "passes": len(passes),
+             "wall_seconds_all_conditions": round(time.perf_counter() - t_start, 2)}
         out[name] = MPPCResult.from_stats(stats[name], sa.name, sb.name, m)
     return out
 
@@ -271,7 +275,9 @@ def run(preset: "str | Preset", names=None, *, n_tokens: int | None = None, back
                                           max_gb=max_gb, progress=progress, train_if_missing=train_if_missing,
                                           threads=threads)
         for n, res in results.items():
-            res.meta.update({"preset": p.name, "condition": n, "label": conds[n].label})
+            c = conds[n]
+            res.meta.update({"preset": p.name, "condition": n, "label": c.label, "seed_a": c.seed_a,
+                             "seed_b": c.seed_b})
             cache.cached_folder(kind, keys[n], lambda tmp, r=res: r.save(tmp))
     for n in names:
         def missing(tmp, n=n):
@@ -331,7 +337,10 @@ def summary_table(results: dict[str, MPPCResult], sides=("a", "b"), n_boot: int 
     recs = []
     for name, r in results.items():
         for s in sides:
-            src, dst = (r.name_a, r.name_b) if s == "a" else (r.name_b, r.name_a)
+            na, nb = r.name_a, r.name_b
+            if na == nb:  # the SAE-seed skyline: one model, two SAE seeds
+                na, nb = f"{na} s{r.meta.get('seed_a', 0)}", f"{nb} s{r.meta.get('seed_b', 1)}"
+            src, dst = (na, nb) if s == "a" else (nb, na)
             recs.append({"condition": name, "direction": f"{src}→{dst}", "side": s, "units": r.meta.get("units"),
                          **r.summary(s, n_boot=n_boot)})
     return pd.DataFrame(recs)

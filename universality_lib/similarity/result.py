@@ -132,7 +132,7 @@ class MPPCResult:
         n = sum(len(self.live[(s, k)]) for k in self.layers(s))
         never = sum(int((self.freq[(s, k)] == 0).sum()) for k in self.layers(s))
         excluded = sum(int((~self.live[(s, k)]).sum()) for k in self.layers(s))
-        return {"units": n, "live": n - excluded, "excluded": excluded, "never_fired": never,
+        return {"n_units": n, "live": n - excluded, "excluded": excluded, "never_fired": never,
                 "constant": excluded - never}
 
     def summary(self, side: str = "a", thresholds=THRESHOLDS, n_boot: int = 1000, seed: int = 0) -> dict:
