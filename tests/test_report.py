@@ -61,22 +61,24 @@ def test_statuses_from_results_files(results_env, monkeypatch):
     assert {rows[i]["status"] for i in ("C4", "C5", "C6", "C7", "C8", "C9")} == {report.NOT_RUN}
     assert rows["C10"]["status"] == report.NOT_TESTABLE
     # this run's numbers, the recorded criterion and the preset come from the files
-    assert rows["C1"]["this_run"] == "mppc_mean_main = 0.5; mppc_mean_random = [1, 2.5]; mppc_mean_main_reverse = [1, 2.5]"
-    assert rows["C1"]["criterion"] == "recorded test of mppc_mean_main" and rows["C1"]["preset"] == "smoke"
+    c1 = claims["C1"]
+    assert rows["C1"]["this_run"] == "; ".join([f"{c1.verdict[0]} = 0.5"] + [f"{n} = [1, 2.5]" for n in c1.shown])
+    assert rows["C1"]["criterion"] == f"recorded test of {c1.verdict[0]}" and rows["C1"]["preset"] == "smoke"
     assert rows["C4"]["criterion"] == claims["C4"].criterion and rows["C4"]["this_run"] == ""
     assert _by_id(report.claim_rows(preset="tiny"))["C1"]["preset"] == "smoke (asked for tiny)"
     assert report.missing_chapters() == ["04", "05", "06"]
 
 
 def test_rendering_escapes_and_lists_every_claim(results_env):
-    record("mppc_mean_main", 0.25, chapter="03_features", passed=True, criterion="a | b")
+    name = next(c for c in report.CLAIMS if c.id == "C1").verdict[0]
+    record(name, 0.25, chapter="03_features", passed=True, criterion="a | b")
     rows = report.claim_rows()
     md = report.to_markdown(rows)
     assert md.count("\n") == len(rows) + 2 and "a \\| b" in md
     text = report.to_text(rows, width=80)
     for r in rows:
         assert f"{r['id']:4} {r['status']:18}" in text
-    assert "mppc_mean_main = 0.25" in text
+    assert f"{name} = 0.25" in text
 
 
 @pytest.mark.parametrize("v,out", [(0.123456, "0.123"), (12345, "12,345"), ([0.5, 2], "[0.5, 2]"), (True, "True"),

@@ -25,11 +25,13 @@ passed=...)``; a verdict name needs ``passed`` True/False, a shown name is descr
   ``induction_ratio_random_M`` (P2); shown ``induction_ratio_random_T2``.
 * 02 SAEs: verdict ``sae_fve_min``, ``sae_l0_frac_range``, ``sae_dead_frac_max``, ``sae_ce_recovered_min`` (P3);
   shown ``sae_count``.
-* 03 similarity: verdict ``mppc_mean_main`` (C1: mean MPPC T->M, passed when well above random),
-  ``neuron_mppc_mean_main`` (C2: passed when far below the SAE features' MPPC), ``mppc_ordering`` (C3: the list
-  of means [random, main, model seed, SAE seed], passed when ordered); shown ``mppc_mean_random``,
-  ``mppc_mean_main_reverse`` (M->T), ``neuron_mppc_mean_random``, ``mppc_mean_model_seed``, ``mppc_mean_sae_seed``,
-  ``mppc_skyline_share`` ((main - random) / (model seed - random)).
+* 03 similarity (as the chapter records them; ``_a`` = T's units against the other model, ``_b`` = the reverse,
+  means as [mean, 95% low, 95% high]): verdict ``mppc_gap_main_minus_random`` (C1),
+  ``mppc_gap_sae_minus_neurons`` (C2), ``mppc_order_holds`` (C3); shown ``mppc_mean_main_a``,
+  ``mppc_mean_random_a``, ``mppc_frac_above_main_a`` (above 0.5 / 0.7 / 0.9), ``mppc_mean_main_b``,
+  ``mppc_mean_neurons_main_a``, ``mppc_mean_neurons_random_a``, ``mppc_gap_neurons_main_minus_random``,
+  ``mppc_mean_model_seed_a``, ``mppc_mean_sae_seed_a``, ``mppc_gap_model_seed_minus_main``,
+  ``mppc_gap_sae_seed_minus_main``.
 * 04 universality: verdict ``depth_spearman_rho`` (C4), ``complexity_spearman_rho`` (C5); shown
   ``depth_spearman_ci``, ``complexity_proxy`` (the proxy behind the rho, a string).
 * 05 induction circuits (as the chapter records them): verdict ``T_head_to_logits_ratio`` and
@@ -94,17 +96,18 @@ CLAIMS: tuple[Claim, ...] = (
           ("sae_fve_min", "sae_l0_frac_range", "sae_dead_frac_max", "sae_ce_recovered_min"), ("sae_count",),
           "every SAE: FVE >= 0.8, L0 5-10% of the dictionary, <= 10% dead, CE recovered >= 0.8",
           "not reported (SAE hyper-parameters and quality UNKNOWN)", "[digest 2.2]"),
-    Claim("C1", "SAE features are largely shared across architectures", "03", ("mppc_mean_main",),
-          ("mppc_mean_random", "mppc_mean_main_reverse"),
+    Claim("C1", "SAE features are largely shared across architectures", "03", ("mppc_gap_main_minus_random",),
+          ("mppc_mean_main_a", "mppc_mean_random_a", "mppc_frac_above_main_a", "mppc_mean_main_b"),
           "mean MPPC T->M well above the random baseline, close to the model-seed skyline",
           "mean MPPC ~0.74; >30% of features 'very highly' matched (both UNVERIFIED, threshold unknown)",
           "[3RD][ML-ja]"),
-    Claim("C2", "SAEs are needed: neurons are far less universal", "03", ("neuron_mppc_mean_main",),
-          ("neuron_mppc_mean_random",),
+    Claim("C2", "SAEs are needed: neurons are far less universal", "03", ("mppc_gap_sae_minus_neurons",),
+          ("mppc_mean_neurons_main_a", "mppc_mean_neurons_random_a", "mppc_gap_neurons_main_minus_random"),
           "neuron MPPC (main) much lower than SAE-feature MPPC (main), close to its own random baseline",
           "neurons show 'almost zero similarity' (UNVERIFIED); Fig. 3b", "[3RD][Q]"),
-    Claim("C3", "Random < main <= model-seed skyline <= SAE-seed skyline", "03", ("mppc_ordering",),
-          ("mppc_mean_model_seed", "mppc_mean_sae_seed", "mppc_skyline_share"),
+    Claim("C3", "Random < main <= model-seed skyline <= SAE-seed skyline", "03", ("mppc_order_holds",),
+          ("mppc_mean_model_seed_a", "mppc_mean_sae_seed_a", "mppc_gap_model_seed_minus_main",
+           "mppc_gap_sae_seed_minus_main"),
           "ordering of the mean MPPCs, with a small main-to-skyline gap",
           "main 'falls only slightly short of skylines'; means UNKNOWN", "[REV][Q]"),
     Claim("C4", "Matched features sit at corresponding depths", "04", ("depth_spearman_rho",), ("depth_spearman_ci",),
