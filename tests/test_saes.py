@@ -262,3 +262,16 @@ def test_every_preset_has_one_sae_config_for_both_families():
         assert p.sae.n_batches_in_buffer * p.sae.context >= p.sae.batch_tokens
         assert p.sae.seed_skyline in zoo.names(p) and len(p.sae.seeds) >= 2
     json.dumps(presets.get("tiny").to_dict())  # still serialisable
+
+
+def test_train_all_in_worker_processes_matches_one_process(P, mamba0, rows, tmp_path):
+    out = saes.train_all(P, names=["M0"], workers=2, progress=False)
+    assert [(r["model"], r["layer"], r["seed"]) for r in out] == saes.jobs(P, ["M0"])
+    again = saes.train_all(P, names=["M0"], workers=1, progress=False)
+    assert all(r["cached"] for r in again)  # the second run finds every SAE in the cache
+    # the SAE a worker trained is the SAE one process trains with the same seed and one thread
+    direct = saes.train(mamba0, 1, P.sae, rows, seed=0, progress=False, threads=1)
+    from_worker = saes.get(P, "M0", 1, model=mamba0, progress=False, train_if_missing=False)
+    assert torch.allclose(direct.sae.W_enc, from_worker.W_enc, atol=1e-5)
+    with pytest.raises(Exception, match="workers"):
+        saes.train_all(P, names=["M0"], workers=0, progress=False)

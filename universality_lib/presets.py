@@ -125,6 +125,7 @@ class SAEConfig:
     eval_tokens: int = 50_000  # eval tokens for the quality metrics (dead = never fired on these)
     seeds: tuple[int, ...] = (0, 1)  # SAE seed 0 on every model and layer; the others only on seed_skyline
     seed_skyline: str = "T"  # the model that gets the extra SAE seeds (the SAE-seed skyline)
+    workers: int = 1  # processes training SAEs side by side on a CPU (saes.train_all)
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ ARCHITECTURES = ("standard", "topk")
 NORMALISATION = "constant_norm_rescale"  # sae-lens' per-token rescale to norm sqrt(d_in)
 _FORMAT = 1
 # fields of SAEConfig that do not change a trained SAE (they are not part of its cache key)
-_NOT_IN_KEY = ("eval_tokens", "seeds", "seed_skyline")
+_NOT_IN_KEY = ("workers", "eval_tokens", "seeds", "seed_skyline")
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -464,31 +464,65 @@ def jobs(preset: "str | Preset", names: Iterable[str] | None = None) -> list[tup
     return out
 
 
-def train_all(preset: "str | Preset", names: Iterable[str] | None = None, *, device: str | None = None,
-              progress: bool = True, threads: int | None = None) -> list[dict]:
-    """Train (or find in the cache) every SAE of :func:`jobs`, one model at a time, with a progress bar.
+def _train_job(preset: Preset, name: str, layer: int, seed: int, device: str | None, threads: int | None) -> tuple:
+    """One SAE of :func:`train_all` (runs in a worker process when ``workers > 1``)."""
+    cached = (folder_for(preset, name, layer, seed) / cache.MANIFEST).exists()
+    t0 = time.perf_counter()
+    get(preset, name, layer, seed, device=device, progress=False, threads=threads)
+    return cached, round(time.perf_counter() - t0, 2)
 
+
+def train_all(preset: "str | Preset", names: Iterable[str] | None = None, *, device: str | None = None,
+              progress: bool = True, threads: int | None = None, workers: int | None = None) -> list[dict]:
+    """Train (or find in the cache) every SAE of :func:`jobs`, with a progress bar.
+
+    ``workers`` (default ``SAEConfig.workers``): processes training SAEs side by side, each with ``threads``
+    torch threads (default 1 when ``workers > 1``). On a CPU, one single-threaded worker per core trains
+    small SAEs faster than one process using every core. Each SAE goes through the verified cache, so an
+    interrupted run loses at most the SAEs in progress.
     Returns one row per SAE: model, layer, seed, folder, whether it was cached, wall seconds."""
     from tqdm.auto import tqdm
 
     p = get_preset(preset)
     todo = jobs(p, names)
+    workers = p.sae.workers if workers is None else int(workers)
+    if workers < 1:
+        raise UniversalityError(f"workers must be >= 1, got {workers}")
+    if device is not None and torch.device(device).type == "cuda":
+        workers = 1  # one GPU: one process
     rows = []
     bar = tqdm(total=len(todo), desc=f"SAEs ({p.name})", disable=not progress)
-    models = {}
-    for name, layer, seed in todo:
-        if name not in models:
-            models.clear()  # one model in memory at a time
-            models[name] = zoo.load(p, name, device=device)
-        model = models[name]
+
+    def done(job, cached, wall):
+        name, layer, seed = job
+        rows.append({"model": name, "layer": layer, "seed": seed, "cached": cached,
+                     "folder": str(folder_for(p, name, layer, seed)), "wall_seconds": wall})
         bar.set_postfix_str(f"{name} L{layer} s{seed}")
-        cached = (folder_for(p, name, layer, seed) / cache.MANIFEST).exists()
-        t0 = time.perf_counter()
-        get(p, name, layer, seed, model=model, device=device, progress=False, threads=threads)
-        folder = folder_for(p, name, layer, seed)
-        rows.append({"model": name, "layer": layer, "seed": seed, "cached": cached, "folder": str(folder),
-                     "wall_seconds": round(time.perf_counter() - t0, 2)})
         bar.update(1)
+
+    if workers == 1:
+        models = {}
+        for name, layer, seed in todo:
+            if name not in models:
+                models.clear()  # one model in memory at a time
+                models[name] = zoo.load(p, name, device=device)
+            cached = (folder_for(p, name, layer, seed) / cache.MANIFEST).exists()
+            t0 = time.perf_counter()
+            get(p, name, layer, seed, model=models[name], device=device, progress=False, threads=threads)
+            done((name, layer, seed), cached, round(time.perf_counter() - t0, 2))
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        for name in dict.fromkeys(j[0] for j in todo):  # train (smoke) or verify the shared models once, here
+            zoo.load(p, name)
+        corpus.token_stream(p, "sae_train")
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            futs = {pool.submit(_train_job, p, n, l, s, device, threads or 1): (n, l, s) for n, l, s in todo}
+            for f in cf.as_completed(futs):
+                done(futs[f], *f.result())
+        order = {j: i for i, j in enumerate(todo)}
+        rows.sort(key=lambda r: order[(r["model"], r["layer"], r["seed"])])
     bar.close()
     return rows
 
