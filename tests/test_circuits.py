@@ -140,6 +140,9 @@ def test_effects_summaries():
     assert e.top() == "b" and abs(e.share() - 1 / 1.5) < 1e-12 and abs(e.ratio_to_second() - 2.0) < 1e-12
     assert e.top(direction="up") == "a" and e.grid().shape == (1, 3)
     assert e.summary()["top"] == "b" and e.table().shape[0] == 3
+    noisy = {"logit_B": np.array([[1.0, 2.0, 3.0], [0.0, 1.0, 2.0], [0.5, 1.5, 2.5]]) + np.array([0.0, 2.0, -2.0])}
+    assert e.dominates() and not e.dominates(ratio=2.5)  # b: Δ=-1 exactly (se 0), runner-up |Δ|=0.5
+    assert not Effects("x", ["a", "b", "c"], clean, noisy).dominates()  # b's Δ is within 3 SE of zero
     with pytest.raises(UniversalityError):
         Effects("bad", ["a"], clean, patched)
     with pytest.raises(UniversalityError):
@@ -195,6 +198,7 @@ def test_head_to_head_flows_only_through_the_receiver():
     e0 = ct.head_to_head_to_logits(model, p, (1, 0), progress=False)
     assert np.allclose(e0.delta(), 0.0, atol=1e-6)
     direct = ct.head_to_logits(model, p, progress=False)
+    assert ct.parse_head(ct.best_head(direct))[0] == 1 and ct.parse_head("L1H0") == (1, 0)
     assert not np.allclose(direct.delta()[:2], 0.0)  # layer-0 heads do have other paths
     with pytest.raises(UniversalityError):
         ct.head_to_head_to_logits(model, p, "L0H0")  # nothing below layer 0

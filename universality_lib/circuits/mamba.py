@@ -6,7 +6,8 @@ In a Mamba block the only ways one position reaches another are the 4-tap causal
 
 so the experiments patch those, reading and writing the hook points of the library's HookedMamba
 (``blocks.{l}.hook_h.{t}``, ``hook_conv``, ``hook_in_proj``, ``hook_y``; Ā, B̄ are rebuilt from ``hook_delta``,
-``hook_B`` and ``hook_ssm_input`` with the block's A). All runs use the exact scan (``scan="exact"``).
+``hook_B`` and ``hook_ssm_input`` with the block's A). Runs that read or write a state use the exact scan
+(``scan="exact"``, clean and patched runs alike); :func:`y_to_logits` touches no state and uses the fast one.
 
 * :func:`rebuild_state`: the state at position T from the recurrence, with the **clean** update at every
   position except a set of positions where the update uses the **corrupted** run's Ā, B̄ and x. With no
@@ -185,7 +186,7 @@ def y_to_logits(model, prompts: InductionPrompts, layers=None, corruption: str =
         return hooks
 
     return sweep(model, prompts, corruption, names, layers, make, [f"layer {l}" for l in layers], "y -> logits",
-                 rows=[f"layer {l}" for l in layers], cols=["y"], run_kwargs=EXACT, progress=progress)
+                 rows=[f"layer {l}" for l in layers], cols=["y"], progress=progress)  # no state hook: fast scan
 
 
 def conv_to_state_to_logits(model, prompts: InductionPrompts, layer: int, out_offsets: Sequence[int] = (0, 1, 2),

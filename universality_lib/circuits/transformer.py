@@ -124,8 +124,8 @@ def attention_scores(model, prompts: InductionPrompts, batch_size: int | None = 
     for b in prompts.batches(batch_size):
         names = [f"blocks.{l}.attn.hook_pattern" for l in range(nl)]
         _, cache = model.run_with_cache(b.tokens.to(model_device(model)), names_filter=lambda n: n in names)
-        rows = torch.arange(len(b))
-        pb, pa = b.pos_b, b.pos_a
+        dev = model_device(model)
+        rows, pb, pa = torch.arange(len(b), device=dev), b.pos_b.to(dev), b.pos_a.to(dev)
         ind = torch.stack([cache[n][rows, :, b.last, pb].float().cpu() for n in names])  # [nl, n, H]
         prev = torch.stack([cache[n][rows, :, pb, pa].float().cpu() for n in names])  # [nl, n, H]
         sums["last->B"] = sums["last->B"] + ind.sum(1)
