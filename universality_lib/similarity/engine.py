@@ -233,8 +233,10 @@ class PairStats:
             if self.backend == "dense":
                 if self.dtype == torch.float64:
                     S.addmm_(ua.xs.T, ub.xs)  # [F_a, F_b], in place
-                else:
-                    S.add_(ua.xs.T @ ub.xs)  # float32 product, added in float64 without a float64 copy
+                else:  # float32 products, added to the float64 sums a block of rows at a time (bounded memory)
+                    step = max(1, 2**25 // max(ub.size, 1))
+                    for r0 in range(0, ua.size, step):
+                        S[r0:r0 + step] += ua.xs[:, r0:r0 + step].T @ ub.xs
                 continue
             _coact_ss(S, ua.spT.indptr, ua.spT.indices, ua.spT.data, ub.sp.indptr, ub.sp.indices, ub.sp.data)
             if len(ub.dcols):
