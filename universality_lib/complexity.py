@@ -111,7 +111,7 @@ def _entropy_bits(x: np.ndarray) -> float:
         return float("nan")
     _, c = np.unique(x, return_counts=True)
     p = c / c.sum()
-    return float(-(p * np.log2(p)).sum())
+    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: no -0.0
 
 
 def top_token_entropy(acts: sp.spmatrix, tokens: np.ndarray, k: int = 16) -> np.ndarray:
