@@ -116,7 +116,7 @@ def effect_bars(effects, metrics=("logit_B",), title: str | None = None, highlig
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     C = len(effects.labels)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(min(11, 1.2 + 0.45 * C * len(metrics)), 3.0))
+        fig, ax = plt.subplots(figsize=(min(11, max(6.0, 1.2 + 0.45 * C * len(metrics))), 3.0))
     else:
         fig = ax.figure
     hi = highlight if highlight is not None else effects.top(metrics[0])
@@ -145,7 +145,7 @@ def effect_heatmap(effects, metric: str = "logit_B", title: str | None = None, a
     diverging colour scale centred at 0."""
     g = effects.grid(metric)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.6 + 0.7 * g.shape[1], 1.0 + 0.45 * g.shape[0]))
+        fig, ax = plt.subplots(figsize=(max(5.5, 1.6 + 0.7 * g.shape[1]), max(2.0, 1.0 + 0.45 * g.shape[0])))
     else:
         fig = ax.figure
     lim = float(np.nanmax(np.abs(g))) or 1.0
@@ -165,21 +165,24 @@ def effect_heatmap(effects, metric: str = "logit_B", title: str | None = None, a
 
 
 def circuit_diagrams(circuits: dict, tokens=("A", "B", "B+1", "…", "A"), title: str = ""):
-    """Side-by-side flow diagrams, one per model: ``circuits[name]`` is a list of (step, text) from the
-    earliest step (e.g. the previous-token step) to the readout; each step is a box above the token row,
-    with arrows from the tokens to the first step and between consecutive steps."""
+    """Side-by-side flow diagrams, one per model. ``circuits[name]`` is a list of (step, text) from the
+    earliest step (e.g. the previous-token step) to the readout, or a dict ``{"steps": [...], "tokens": [...],
+    "sources": [token indices]}`` to give that panel its own token row and the tokens whose arrows feed the
+    first step. Each step is a box above the token row, with arrows between consecutive steps."""
     from matplotlib.patches import FancyBboxPatch
 
     n = len(circuits)
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.6))
     axes = np.atleast_1d(axes)
-    for ax, (name, steps) in zip(axes, circuits.items()):
+    for ax, (name, spec) in zip(axes, circuits.items()):
+        spec = spec if isinstance(spec, dict) else {"steps": spec}
+        steps, toks = spec["steps"], list(spec.get("tokens", tokens))
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.axis("off")
         ax.set_title(name, fontsize=11)
-        xs = np.linspace(0.1, 0.9, len(tokens))
-        for x, t in zip(xs, tokens):
+        xs = np.linspace(0.1, 0.9, len(toks))
+        for x, t in zip(xs, toks):
             ax.add_patch(FancyBboxPatch((x - 0.06, 0.02), 0.12, 0.08, boxstyle="round,pad=0.01", fc="#eeeeee",
                                         ec="grey"))
             ax.text(x, 0.06, t, ha="center", va="center", fontsize=9)
@@ -189,9 +192,13 @@ def circuit_diagrams(circuits: dict, tokens=("A", "B", "B+1", "…", "A"), title
                                         fc=f"C{k}", alpha=0.18, ec=f"C{k}"))
             ax.text(0.08, y + 0.045, step, ha="left", va="center", fontsize=9, weight="bold")
             ax.text(0.08, y - 0.02, text, ha="left", va="center", fontsize=8)
-            y_from = 0.11 if k == 0 else ys[k - 1] + 0.08
-            ax.annotate("", xy=(0.5, y - 0.08), xytext=(0.5, y_from),
-                        arrowprops=dict(arrowstyle="->", color="black", lw=1.2))
+            if k == 0:
+                for j in spec.get("sources", [len(toks) // 2]):
+                    ax.annotate("", xy=(xs[j], y - 0.08), xytext=(xs[j], 0.11),
+                                arrowprops=dict(arrowstyle="->", color="black", lw=1.2))
+            else:
+                ax.annotate("", xy=(0.5, y - 0.08), xytext=(0.5, ys[k - 1] + 0.08),
+                            arrowprops=dict(arrowstyle="->", color="black", lw=1.2))
     if title:
         fig.suptitle(title, fontsize=12)
     fig.tight_layout()
