@@ -285,3 +285,21 @@ def test_y_to_logits_and_context_errors():
     long = _prompts(n=2, seq_len=40, max_a_pos=8)
     with pytest.raises(UniversalityError):
         cm.y_to_logits(model, long)  # 41 tokens > n_ctx 32
+
+
+def test_effect_figures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from universality_lib.plots import circuit_diagrams, effect_bars, effect_heatmap
+
+    clean = {"logit_B": np.zeros(3)}
+    patched = {"logit_B": np.array([[0.0, 0.0, 0.0], [-1.0, -1.0, -1.0], [0.5, 0.5, 0.5], [0.1, 0.1, 0.1]])}
+    e = Effects("x", ["L0H0", "L0H1", "L1H0", "L1H1"], clean, patched, rows=["L0", "L1"], cols=["H0", "H1"])
+    fig = effect_bars(e)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == e.labels
+    hm = effect_heatmap(e)
+    assert np.allclose(hm.axes[0].images[0].get_array(), [[0.0, -1.0], [0.5, 0.1]])
+    d = circuit_diagrams({"T": [("step", "text"), ("read-out", "text")],
+                          "M": {"steps": [("conv", "t")], "tokens": ["A", "B"], "sources": [0, 1]}})
+    assert len(d.axes) == 2 and [a.get_title() for a in d.axes] == ["T", "M"]
