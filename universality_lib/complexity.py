@@ -49,7 +49,8 @@ __all__ = ["MEASURES", "token_r2", "density", "top_positions", "top_token_entrop
 # name -> (what it is, direction: +1 if a larger value means a more complex feature, 0 if it is not a complexity)
 MEASURES = {
     "non_token_variance": ("1 - adjusted R² of the activation on the current token id (a)", +1),
-    "context_dependence": ("relative activation change at the top contexts when the preceding tokens are replaced (b)", +1),
+    "context_dependence": ("relative activation change at the top contexts when the preceding tokens are "
+                           "replaced (b)", +1),
     "density": ("fraction of tokens on which the feature fires (c)", 0),
     "top_token_entropy": ("entropy (bits) of the token ids at the top activations (d)", +1),
 }

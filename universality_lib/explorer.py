@@ -32,11 +32,23 @@ import numpy as np
 
 from .errors import UniversalityError
 
-__all__ = ["BOOK_FOLDER", "PAGE_NAME", "pair_table", "pairs_data", "write_page", "contexts_html", "pair_html"]
+__all__ = ["BOOK_FOLDER", "PAGE_NAME", "BOOK_LINK", "book_page_path", "pair_table", "pairs_data", "write_page",
+           "contexts_html", "pair_html"]
 
 BOOK_FOLDER = "explorer"  # relative to the chapter's folder (book/); listed in _config.yml html_extra_path
 PAGE_NAME = "feature_explorer.html"
+BOOK_LINK = "../" + PAGE_NAME  # from a chapter page (html/book/*.html) to the page at the root of the built HTML
 _BASE_COLUMNS = ("la", "ua", "lb", "ub", "mppc", "rev", "freq_a", "freq_b")
+
+
+def book_page_path(start: str | Path | None = None) -> Path:
+    """Where chapter 4 writes the page: ``<book>/explorer/feature_explorer.html``, ``<book>`` being the folder of
+    the chapter notebooks: the current folder when it is called ``book`` (the book runner executes a chapter
+    there), else its ``book/`` subfolder when it holds ``_toc.yml`` (a clone's root), else the current folder."""
+    here = Path(start) if start is not None else Path.cwd()
+    if here.name != "book" and (here / "_toc.yml").exists() and (here / "book").is_dir():
+        here = here / "book"
+    return here / BOOK_FOLDER / PAGE_NAME
 
 
 def pair_table(result, features=None, side: str = "a"):
@@ -134,7 +146,8 @@ def contexts_html(contexts: list, vocab: dict) -> str:
             alpha = max(0.0, min(1.0, (v or 0.0) / peak))
             s = html.escape(vocab.get(str(t), vocab.get(t, "?")))
             spans.append(f'<span title="{v}" style="white-space:pre;background:rgba(255,120,0,{alpha:.2f})">{s}</span>')
-        lines.append(f'<div style="font-family:monospace;margin:2px 0"><small>{c["act"]:.2f}</small> {"".join(spans)}</div>')
+        lines.append(f'<div style="font-family:monospace;margin:2px 0"><small>{c["act"]:.2f}</small> '
+                     f'{"".join(spans)}</div>')
     return "".join(lines)
 
 
@@ -190,7 +203,7 @@ h1 { font-size: 1.3em; margin: 0.2em 0; }
 #filters input[type=number] { width: 5.5em; }
 #count { color: #555; margin-left: auto; }
 #main { display: flex; gap: 1em; align-items: flex-start; }
-#table-wrap { flex: 0 0 auto; max-height: 85vh; overflow-y: auto; }
+#table-wrap { flex: 0 1 auto; max-width: 62%; max-height: 85vh; overflow: auto; }
 #pairs { border-collapse: collapse; font-size: 0.85em; }
 #pairs th { position: sticky; top: 0; background: #e8e8e8; cursor: pointer; padding: 3px 6px; white-space: nowrap; }
 #pairs th.sorted-asc::after { content: " \\25B2"; }
@@ -199,11 +212,14 @@ h1 { font-size: 1.3em; margin: 0.2em 0; }
 #pairs tr.pair:hover { background: #fff3e0; cursor: pointer; }
 #pairs tr.selected { background: #ffe0b2; }
 #detail { flex: 1 1 auto; min-width: 20em; }
-.side { display: inline-block; vertical-align: top; width: 49%; }
+#sides { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }
+.side { min-width: 0; }
+.side h3 { font-size: 0.95em; }
+#detail h2 { font-size: 1.05em; }
 .ctx { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 0.85em; margin: 3px 0;
-  padding: 2px; border-bottom: 1px dotted #ddd; }
+  padding: 2px; border-bottom: 1px dotted #ddd; overflow-wrap: anywhere; }
 .ctx small { color: #888; margin-right: 0.5em; }
-.tok { white-space: pre; border-radius: 2px; }
+.tok { white-space: pre-wrap; border-radius: 2px; }
 """
 
 _JS = r"""
@@ -305,12 +321,13 @@ _JS = r"""
     h.textContent = DATA.name_a + " L" + p.la + " #" + p.ua + "  ↔  " + DATA.name_b + " L" + p.lb + " #" + p.ub +
       "   (MPPC " + fmt("mppc", p.mppc) + ")";
     det.appendChild(h);
+    var sides = document.createElement("div"); sides.id = "sides"; det.appendChild(sides);
     [["a", DATA.name_a, p.la, p.ua, p.freq_a, p.ctx_a], ["b", DATA.name_b, p.lb, p.ub, p.freq_b, p.ctx_b]]
       .forEach(function (s) {
         var col = document.createElement("div"); col.className = "side"; col.id = "side-" + s[0];
         var t = document.createElement("h3");
         t.textContent = s[1] + " layer " + s[2] + ", feature " + s[3] + " (fires on " + fmt("freq", s[4]) + ")";
-        col.appendChild(t); col.appendChild(contexts(s[5])); det.appendChild(col);
+        col.appendChild(t); col.appendChild(contexts(s[5])); sides.appendChild(col);
       });
     render();
   }

@@ -80,8 +80,9 @@ def collect(model, saes: dict, rows: torch.Tensor, units: dict | None = None, *,
     rows = torch.as_tensor(rows)
     if rows.dim() != 2:
         raise UniversalityError(f"rows must be a LongTensor [n, L], got shape {tuple(rows.shape)}")
-    units = {int(k): np.asarray(sorted(set(int(i) for i in v)), np.int64)
-             for k, v in (units if units is not None else {k: range(int(s.cfg.d_sae)) for k, s in saes.items()}).items()}
+    if units is None:
+        units = {k: range(int(s.cfg.d_sae)) for k, s in saes.items()}
+    units = {int(k): np.asarray(sorted(set(int(i) for i in v)), np.int64) for k, v in units.items()}
     missing = sorted(set(units) - set(saes))
     if missing:
         raise UniversalityError(f"no SAE given for layer(s) {missing} of {name}")

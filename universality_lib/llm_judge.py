@@ -95,7 +95,8 @@ def config_from_env(environ=None) -> JudgeConfig | None:
     if not base:
         return None
     if not base.startswith(("http://", "https://")):
-        raise UniversalityError(f"{ENV_BASE_URL} must be an http(s) URL such as https://api.openai.com/v1, got {base!r}")
+        raise UniversalityError(f"{ENV_BASE_URL} must be an http(s) URL such as https://api.openai.com/v1, "
+                                f"got {base!r}")
     model = (env.get(ENV_MODEL) or "").strip()
     if not model:
         raise UniversalityError(f"{ENV_BASE_URL} is set but {ENV_MODEL} is not: set it to the model name the endpoint "
