@@ -234,6 +234,8 @@ def test_end_to_end_on_smoke_tokens_both_back_ends(transformer, mamba0, rows, to
     out = {be: sim.compute(pairs, backend=be, chunk_tokens=200, progress=False) for be in ("sparse", "dense")}
     # several passes under a tiny memory budget give the same numbers
     split = sim.compute(pairs, backend="sparse", chunk_tokens=200, max_gb=2e-5, progress=False)
+    assert split["sae"].meta["passes"] > 4  # the budget holds about one layer pair per pass
+    assert split["sae"].layers_a == [0, 1] and split["sae"].layers_b == list(range(mamba0.cfg.n_layers))
     mask = rows != tok.bos_token_id
     n_tok = int(mask.sum())
     with torch.no_grad():

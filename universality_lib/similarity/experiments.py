@@ -130,10 +130,12 @@ class Source:
         return {k: sum(acts.hook_width(self.model, h) for h in hs) for k, hs in self.hooks.items()}
 
     @torch.no_grad()
-    def units_of(self, cache_: dict, mask: torch.Tensor) -> dict[int, torch.Tensor]:
-        """{layer: FloatTensor [t, F]} for the ordinary tokens (``mask`` [b, L]) of one forward pass."""
+    def units_of(self, cache_: dict, mask: torch.Tensor, layers=None) -> dict[int, torch.Tensor]:
+        """{layer: FloatTensor [t, F]} for the ordinary tokens (``mask`` [b, L]) of one forward pass (all layers,
+        or only ``layers``)."""
         out = {}
-        for k, hs in self.hooks.items():
+        for k in (self.layers if layers is None else layers):
+            hs = self.hooks[k]
             if self.units == "sae":
                 sae = self.saes[k]
                 out[k] = sae.encode(cache_[hs[0]][mask].float().to(sae.W_dec.device))  # [t, F]
@@ -171,30 +173,22 @@ def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int 
     dev = next(items[0][1][0].model.parameters()).device
     if backend == "auto":
         backend = "dense" if dev.type == "cuda" else "sparse"
-    # jobs: (condition, pairs) small enough for the budget; packed greedily into passes
     budget = max_gb * 2**30
-    jobs = []
+    # jobs: (condition, pairs) packed greedily into passes whose float64 cross sums fit the budget; a pair that
+    # alone exceeds it gets a pass of its own
+    passes, cur, used = [], [], 0
     for name, (sa, sb) in items:
         za, zb = sa.sizes(), sb.sizes()
-        per_a = {ka: sum(8 * za[ka] * zb[kb] for kb in sb.layers) for ka in sa.layers}
-        group, used = [], 0
-        for ka in sa.layers:
-            if group and used + per_a[ka] > budget:
-                jobs.append((name, group))
-                group, used = [], 0
-            group.append(ka)
-            used += per_a[ka]
-        jobs.append((name, group))
-    passes, cur, used = [], [], 0
-    for name, group in jobs:
-        sa, sb = pairs_of_sources[name]
-        za, zb = sa.sizes(), sb.sizes()
-        need = sum(8 * za[ka] * zb[kb] for ka in group for kb in sb.layers)
-        if cur and used + need > budget:
-            passes.append(cur)
-            cur, used = [], 0
-        cur.append((name, group))
-        used += need
+        for pr in [(ka, kb) for ka in sa.layers for kb in sb.layers]:
+            need = 8 * za[pr[0]] * zb[pr[1]]
+            if cur and used + need > budget:
+                passes.append(cur)
+                cur, used = [], 0
+            if cur and cur[-1][0] == name:
+                cur[-1][1].append(pr)
+            else:
+                cur.append((name, [pr]))
+            used += need
     passes.append(cur)
 
     import time
@@ -205,18 +199,19 @@ def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int 
     special = saes_mod.special_ids(items[0][1][0].model)
     for i_pass, jobs_ in enumerate(passes):
         accs = []
-        for name, group in jobs_:
+        for name, prs in jobs_:
             sa, sb = pairs_of_sources[name]
             za, zb = sa.sizes(), sb.sizes()
-            st = PairStats({k: za[k] for k in group}, zb, backend=backend,
+            la, lb = sorted({ka for ka, _ in prs}), sorted({kb for _, kb in prs})
+            st = PairStats({k: za[k] for k in la}, {k: zb[k] for k in lb}, pairs=prs, backend=backend,
                            device=dev if backend == "dense" else "cpu")
-            accs.append((name, group, st))
+            accs.append((name, (la, lb), st))
             stats[name].append(st)
         models = {}  # id(model) -> (model, hooks, stop)
-        for name, group, _ in accs:
-            for s in pairs_of_sources[name]:
+        for name, (la, lb), _ in accs:
+            for s, ls in zip(pairs_of_sources[name], (la, lb)):
                 m = models.setdefault(id(s.model), [s.model, set(), 0])
-                for k in s.layers:
+                for k in ls:
                     m[1].update(s.hooks[k])
                     m[2] = max(m[2], k + 1)
         desc = f"MPPC pass {i_pass + 1}/{len(passes)}" if len(passes) > 1 else "MPPC"
@@ -227,11 +222,15 @@ def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int 
             for key, (model, hooks, stop) in models.items():
                 _, caches[key] = model.run_with_cache(batch, names_filter=sorted(hooks), stop_at_layer=stop)
             units = {}
-            for name, group, st in accs:
+            for name, (la, lb), st in accs:
                 sa, sb = pairs_of_sources[name]
-                ua = units.setdefault(_unit_key(sa), sa.units_of(caches[id(sa.model)], mask))
-                ub = units.setdefault(_unit_key(sb), sb.units_of(caches[id(sb.model)], mask))
-                st.update({k: ua[k] for k in group}, ub)
+                ka_, kb_ = _unit_key(sa, la), _unit_key(sb, lb)
+                if ka_ not in units:
+                    units[ka_] = sa.units_of(caches[id(sa.model)], mask, layers=la)
+                if kb_ not in units:
+                    units[kb_] = sb.units_of(caches[id(sb.model)], mask, layers=lb)
+                ua, ub = units[ka_], units[kb_]
+                st.update({k: ua[k] for k in la}, {k: ub[k] for k in lb})
     out = {}
     for name, (sa, sb) in items:
         m = {**(meta or {}), "stream_sha": sa.stream_sha, "units": sa.units, "label": name, "passes": len(passes),
@@ -240,8 +239,8 @@ def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int 
     return out
 
 
-def _unit_key(s: Source):
-    return (id(s.model), s.units, tuple(id(s.saes.get(k)) for k in s.layers))
+def _unit_key(s: Source, layers):
+    return (id(s.model), s.units, tuple((k, id(s.saes.get(k))) for k in layers))
 
 
 # ----------------------------------------------------------------------------- the chapter's entry point

@@ -79,7 +79,12 @@ class MPPCResult:
                 pair[(ka, kb)] = st.pair_max(ka, kb)
             bound = max(bound, st.error_bound())
         meta = {**(meta or {}), "n_tokens": int(first.n), "backend": first.backend, "error_bound": bound}
-        return cls(name_a, name_b, sorted(first.a), sorted(first.b), freq, live, pair, meta)
+        layers_a = sorted({k for st in stats_list for k in st.a})  # a pass may hold only some layers
+        layers_b = sorted({k for st in stats_list for k in st.b})
+        missing = [(ka, kb) for ka in layers_a for kb in layers_b if (ka, kb) not in pair]
+        if missing:
+            raise UniversalityError(f"the passes leave layer pairs uncomputed: {missing}")
+        return cls(name_a, name_b, layers_a, layers_b, freq, live, pair, meta)
 
     # ------------------------------------------------------------------------- reading
     def _side(self, side: str) -> str:
