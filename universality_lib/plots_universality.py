@@ -2,6 +2,7 @@
 Each function returns the Figure; the notebook shows it."""
 from __future__ import annotations
 
+import matplotlib.patheffects as patheffects
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -16,13 +17,13 @@ def depth_panels(layer_mat, counts, layers_a, layers_b, mean_best, expected, nam
     counts = np.asarray(counts, float)
     frac = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     w = 2.4 + 0.5 * len(layers_b)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * w, 1.6 + 0.5 * len(layers_a)))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * w, 2.6 + 0.5 * len(layers_a)))
     ya = np.arange(len(layers_a))
     ex = np.interp(expected, layers_b, np.arange(len(layers_b)))  # in column coordinates
     for ax, mat, label, vmax in ((axes[0], np.asarray(layer_mat, float), "mean best match (Pearson r)", 1.0),
                                  (axes[1], frac, "fraction of the row's units", max(frac.max(), 1e-9))):
         im = ax.imshow(mat, vmin=0, vmax=vmax, cmap="viridis", aspect="auto")
-        ax.plot(ex, ya, "w--", lw=1.2, label=f"equal relative depth ({name_b} layer = "
+        ax.plot(ex, ya, "w--", lw=1.4, path_effects=[patheffects.withStroke(linewidth=2.8, foreground="k")], label=f"equal relative depth ({name_b} layer = "
                 f"{len(layers_b) / len(layers_a):g}·({name_a} layer + 1) − 1)")
         ax.set_xticks(range(len(layers_b)), layers_b)
         ax.set_yticks(ya, layers_a)
@@ -35,10 +36,11 @@ def depth_panels(layer_mat, counts, layers_a, layers_b, mean_best, expected, nam
                      capsize=3, label="mean best-match layer (95% interval)")
     axes[0].set_title(f"(a) mean best match of {name_a}'s features per layer pair", fontsize=10)
     axes[1].set_title(f"(b) where each {name_a} layer's features find their MPPC", fontsize=10)
-    axes[1].legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+    handles, labs = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labs, frameon=False, fontsize=8, loc="lower center", ncol=2)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))  # room for the legend below
     return fig
 
 
