@@ -57,8 +57,9 @@ def pair_table(result, features=None, side: str = "a"):
     ``mppc``, ``freq``, the match's frequency ``freq_match`` and the match's own MPPC back (``mppc_back``)."""
     import pandas as pd
 
-    s = result._side(side)
-    o = "b" if s == "a" else "a"
+    if side not in ("a", "b"):
+        raise UniversalityError(f"side must be 'a' or 'b', got {side!r}")
+    s, o = side, ("b" if side == "a" else "a")
     tab = result.table(s)
     tab = tab[tab.live & np.isfinite(tab.mppc)]
     if features is not None:
