@@ -141,3 +141,40 @@ class Effects:
             raise UniversalityError(f"Effects {self.experiment} has no grid (rows/cols not set)")
         v = {"delta": self.delta, "patched": self.patched_mean}[what](metric)
         return v.reshape(len(self.rows), len(self.cols))
+
+    # ------------------------------------------------------------------ reshaping
+    def select_rows(self, rows, experiment: str | None = None) -> "Effects":
+        """The components of the grid rows named in ``rows`` (labels of ``self.rows``), as a new Effects with
+        the same columns (e.g. one layer's row of a layers x offsets sweep)."""
+        if self.rows is None:
+            raise UniversalityError(f"Effects {self.experiment} has no grid rows to select from")
+        rows = [rows] if isinstance(rows, str) else list(rows)
+        missing = [r for r in rows if r not in self.rows]
+        if missing:
+            raise UniversalityError(f"Effects {self.experiment}: no rows {missing} (have {self.rows})")
+        nc = len(self.cols)
+        idx = [self.rows.index(r) * nc + j for r in rows for j in range(nc)]
+        return Effects(experiment or self.experiment, [self.labels[i] for i in idx], dict(self.clean),
+                       {m: v[idx] for m, v in self.patched.items()}, rows=rows, cols=list(self.cols),
+                       meta=dict(self.meta))
+
+
+def stack(parts, rows, experiment: str, meta: dict | None = None) -> Effects:
+    """One Effects from several sweeps over the **same prompts** (same clean values): part ``i`` becomes grid row
+    ``rows[i]`` and its components the columns (labels ``"{row} {label}"``). E.g. the same head sweep at
+    positions B, B+1, B+2 ... stacked into an offsets x heads grid."""
+    parts = list(parts)
+    rows = list(rows)
+    if not parts or len(parts) != len(rows):
+        raise UniversalityError("stack: one row label per part (and at least one part)")
+    first = parts[0]
+    for p in parts[1:]:
+        if p.labels != first.labels or set(p.metrics) != set(first.metrics):
+            raise UniversalityError(f"stack: {p.experiment} has other components or metrics than {first.experiment}")
+        if any(not np.allclose(p.clean[m], first.clean[m]) for m in first.metrics):
+            raise UniversalityError(f"stack: {p.experiment} was measured on other prompts (clean values differ)")
+    labels = [f"{r} {lab}" for r in rows for lab in first.labels]
+    patched = {m: np.concatenate([p.patched[m] for p in parts], axis=0) for m in first.metrics}
+    info = dict(first.meta)
+    info.update(meta or {})
+    return Effects(experiment, labels, dict(first.clean), patched, rows=rows, cols=list(first.labels), meta=info)
