@@ -201,13 +201,17 @@ def test_select_rows_and_stack():
     st = stack([s, again], ["first", "second"], "stacked")
     assert st.rows == ["first", "second"] and st.cols == ["b0", "b1"] and st.labels[2] == "second b0"
     assert np.allclose(st.grid(), [[0.5, -1.0], [0.0, -1.0]])
-    with pytest.raises(UniversalityError):
-        e.select_rows("c")
+    by_cols = stack([e.select_rows("b"), e.select_rows("a")], ["b again", "a again"], "rows", columns="cols")
+    assert np.allclose(by_cols.grid(), e.grid()[::-1]) and by_cols.cols == ["0", "1"]
     other_prompts = Effects("y", ["b0", "b1"], {"logit_B": np.array([0.0, 0.0])}, {"logit_B": patched["logit_B"][:2]})
     with pytest.raises(UniversalityError):
         stack([s, other_prompts], ["1", "2"], "z")  # measured on other prompts
     with pytest.raises(UniversalityError):
-        stack([s, e], ["1", "2"], "z")  # other components
+        stack([s, e.select_rows("a")], ["1", "2"], "z")  # other component labels
+    with pytest.raises(UniversalityError):
+        stack([e, e], ["1", "2"], "z", columns="cols")  # not one-row grids
+    with pytest.raises(UniversalityError):
+        e.select_rows("c")
 
 
 def test_off_by_one_figures():

@@ -159,22 +159,29 @@ class Effects:
                        meta=dict(self.meta))
 
 
-def stack(parts, rows, experiment: str, meta: dict | None = None) -> Effects:
+def stack(parts, rows, experiment: str, columns: str = "labels", meta: dict | None = None) -> Effects:
     """One Effects from several sweeps over the **same prompts** (same clean values): part ``i`` becomes grid row
-    ``rows[i]`` and its components the columns (labels ``"{row} {label}"``). E.g. the same head sweep at
-    positions B, B+1, B+2 ... stacked into an offsets x heads grid."""
+    ``rows[i]``. Its columns are its component labels (``columns="labels"``; e.g. the same head sweep at positions
+    B, B+1, B+2 ... stacked into an offsets x heads grid) or its grid columns (``columns="cols"``, for one-row
+    grids such as one layer's row of a layers x offsets sweep); every part must have the same. Labels of the
+    result: ``"{row} {column}"``."""
     parts = list(parts)
     rows = list(rows)
     if not parts or len(parts) != len(rows):
         raise UniversalityError("stack: one row label per part (and at least one part)")
-    first = parts[0]
+    if columns not in ("labels", "cols"):
+        raise UniversalityError(f"stack: columns must be 'labels' or 'cols', got {columns!r}")
+    if columns == "cols" and any(p.rows is None or len(p.rows) != 1 for p in parts):
+        raise UniversalityError("stack(columns='cols') needs one-row grids (see Effects.select_rows)")
+    cols_of = (lambda e: list(e.labels)) if columns == "labels" else (lambda e: list(e.cols))  # noqa: E731
+    first, cols = parts[0], cols_of(parts[0])
     for p in parts[1:]:
-        if p.labels != first.labels or set(p.metrics) != set(first.metrics):
+        if cols_of(p) != cols or set(p.metrics) != set(first.metrics):
             raise UniversalityError(f"stack: {p.experiment} has other components or metrics than {first.experiment}")
         if any(not np.allclose(p.clean[m], first.clean[m]) for m in first.metrics):
             raise UniversalityError(f"stack: {p.experiment} was measured on other prompts (clean values differ)")
-    labels = [f"{r} {lab}" for r in rows for lab in first.labels]
+    labels = [f"{r} {c}" for r in rows for c in cols]
     patched = {m: np.concatenate([p.patched[m] for p in parts], axis=0) for m in first.metrics}
     info = dict(first.meta)
     info.update(meta or {})
-    return Effects(experiment, labels, dict(first.clean), patched, rows=rows, cols=list(first.labels), meta=info)
+    return Effects(experiment, labels, dict(first.clean), patched, rows=rows, cols=cols, meta=info)
