@@ -19,6 +19,12 @@ book). It pip-installs this package from :data:`REPO_URL` when it runs in Colab 
 chapter opened from the book's launch button works before ``universality_lib`` exists there.
 :func:`ensure_colab_cell` inserts or updates it in a notebook.
 
+Offline HTML: listed in ``_config.yml`` under ``sphinx.extra_extensions``, this module is also a Sphinx
+extension (:func:`setup`). When ``mathjax_path`` points at ``mathjax/...`` it copies MathJax 2 (the static files of
+the pinned ``jupyter-server-mathjax`` package) into the build's ``_static/mathjax/``, so formulas render with no
+network. circuitsvis views are inlined by :mod:`universality_lib.views`. :func:`external_resources` lists what a
+built page would still fetch from another host (the build prints a warning when anything does).
+
 The kernel is always the interpreter running this function (``sys.executable``): a kernelspec
 named ``python3`` pointing at it is written to ``<out>/<preset>/.jupyter`` and put first on
 ``JUPYTER_PATH`` while the notebooks run, so the executed notebooks keep their ``python3``
@@ -32,6 +38,7 @@ import datetime as _dt
 import glob as _glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -487,7 +494,9 @@ def build_book(
         t0 = time.perf_counter()
         cmd = [*_jupyter_book_cmd(), "build", str(book_dir)]
         print("Building HTML: " + " ".join(cmd), flush=True)
-        proc = subprocess.run(cmd, cwd=str(book_dir), capture_output=True, text=True)
+        # Sphinx loads this package as an extension (_config.yml): make it importable without a pip install
+        env = {**os.environ, "PYTHONPATH": _prepend_path("PYTHONPATH", str(ROOT))}
+        proc = subprocess.run(cmd, cwd=str(book_dir), capture_output=True, text=True, env=env)
         timings["html_seconds"] = round(time.perf_counter() - t0, 2)
         index = book_dir / "_build" / "html" / "index.html"
         if proc.returncode != 0 or not index.exists():
@@ -500,6 +509,10 @@ def build_book(
                 f"jupyter-book build of {book_dir} failed (exit {proc.returncode}):\n{tail}"
             )
         print(f"  html: {_fmt_s(timings['html_seconds'])}", flush=True)
+        online = external_resources(index.parent)
+        if online:
+            print(f"Warning: {len(online)} external resource(s) in the built HTML, which will not load offline:\n  "
+                  + "\n  ".join(online[:20]), flush=True)
         result = index
 
     timings["total_seconds"] = round(time.perf_counter() - t_start, 2)
@@ -507,6 +520,120 @@ def build_book(
     write_timings()
     print(f"Done in {_fmt_s(timings['total_seconds'])}: {result}", flush=True)
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Sphinx extension: a local MathJax
+
+
+MATHJAX_DIR = "mathjax"  # under the build's _static/; `mathjax_path` in _config.yml starts with this
+
+
+def mathjax_source() -> Path:
+    """The folder of MathJax 2 static files shipped by ``jupyter-server-mathjax`` (``MathJax.js``, ``config/``,
+    ``jax/``, ``fonts/``, ...)."""
+    try:
+        import jupyter_server_mathjax
+    except ImportError as e:
+        raise UniversalityError(
+            "the book serves MathJax from a local copy: pip install jupyter-server-mathjax==0.2.6 "
+            "(a pinned dependency of universality_lib)."
+        ) from e
+    src = Path(jupyter_server_mathjax.__file__).parent / "static"
+    if not (src / "MathJax.js").is_file():
+        raise UniversalityError(f"jupyter-server-mathjax has no static/MathJax.js under {src.parent}.")
+    return src
+
+
+def copy_mathjax(static_dir: str | os.PathLike) -> Path:
+    """Copy MathJax 2 into ``static_dir/mathjax/`` (skipped when an identical ``MathJax.js`` is there);
+    returns the path of the copied ``MathJax.js``."""
+    src = mathjax_source()
+    dst = Path(static_dir) / MATHJAX_DIR
+    done = dst / "MathJax.js"
+    if not (done.is_file() and done.read_bytes() == (src / "MathJax.js").read_bytes()):
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    return done
+
+
+def _sphinx_copy_mathjax(app, exception) -> None:
+    """``build-finished``: copy MathJax when the HTML pages load it from ``_static/mathjax/``."""
+    if exception is not None or app.builder.format != "html":
+        return
+    if not str(app.config.mathjax_path or "").startswith(MATHJAX_DIR + "/"):
+        return  # a CDN or another local MathJax: nothing to copy
+    copy_mathjax(Path(app.outdir) / "_static")
+
+
+def setup(app) -> dict:
+    """Sphinx entry point (``sphinx.extra_extensions: [universality_lib.book]`` in ``_config.yml``)."""
+    mathjax_source()  # fail at start-up, not after the whole build, when the package is missing
+    app.connect("build-finished", _sphinx_copy_mathjax)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+# ----------------------------------------------------------------------------------------------
+# offline check: what a built page would fetch from another host
+
+_EXTERNAL = re.compile(r"(?:^|,)\s*(?:https?:)?//", re.I)  # an absolute or protocol-relative URL (srcset: any item)
+# a module import of a URL in an inline script: `import {x} from "https://..."`, `import "https://..."`, `import("...")`
+_JS_IMPORT = re.compile(r"""\bimport\s*(?:\(\s*|[\w$*{},\s]*?\bfrom\s*)?["']((?:https?:)?//[^"']*)""")
+# a stylesheet or font from another host: url(https://...), @import "https://..."
+_CSS_EXTERNAL = re.compile(r"""(?:\burl\(\s*["']?|@import\s+["'])((?:https?:)?//[^"')\s]*)""", re.I)
+
+
+def _page_external(text: str) -> list[str]:
+    """External loads in one HTML page (see :func:`external_resources`)."""
+    from html.parser import HTMLParser
+
+    found: list[str] = []
+
+    class Scan(HTMLParser):
+        body: list[str] | None = None  # the text of the open <script> / <style>
+
+        def handle_starttag(self, tag, attrs):
+            a = {k: v or "" for k, v in attrs}
+            for key in ("src", "srcset", "data", "poster"):
+                if _EXTERNAL.search(a.get(key, "")):
+                    found.append(f"<{tag} {key}={a[key][:120]}>")
+            rel = a.get("rel", "").lower().split()
+            if tag == "link" and _EXTERNAL.match(a.get("href", "")) and not {"canonical", "alternate"} & set(rel):
+                found.append(f"<link rel={a.get('rel')} href={a['href'][:120]}>")
+            for m in _CSS_EXTERNAL.finditer(a.get("style", "")):
+                found.append(f"<{tag} style=...{m.group(1)}...>")
+            if tag in ("script", "style"):
+                self.body = [tag]
+
+        def handle_data(self, data):
+            if self.body is not None:
+                self.body.append(data)
+
+        def handle_endtag(self, tag):
+            if self.body is not None and tag == self.body[0]:
+                pattern = _JS_IMPORT if tag == "script" else _CSS_EXTERNAL
+                found.extend(f"<{tag}> ...{m.group(1)}..." for m in pattern.finditer("".join(self.body[1:])))
+                self.body = None
+
+    Scan(convert_charrefs=True).feed(text)
+    return found
+
+
+def external_resources(html_dir: str | os.PathLike) -> list[str]:
+    """Everything the built HTML under ``html_dir`` would fetch from another host, as ``"page: what"`` lines:
+    ``src`` of scripts, images, frames, media; ``<link>`` hrefs (stylesheets, fonts, icons, preloads);
+    ``url(...)`` / ``@import`` in styles and ``.css`` files; module imports of a URL in inline scripts (circuitsvis's
+    CDN variant). Plain hyperlinks (``<a href>``, e.g. the Colab launch button) are not fetched and are not listed.
+    An empty list means every page works offline."""
+    html_dir = Path(html_dir)
+    out: list[str] = []
+    for path in sorted(html_dir.rglob("*")):
+        rel = path.relative_to(html_dir).as_posix()
+        if path.suffix == ".html":
+            out += [f"{rel}: {f}" for f in _page_external(path.read_text(encoding="utf-8", errors="replace"))]
+        elif path.suffix == ".css":
+            text = path.read_text(encoding="utf-8", errors="replace")
+            out += [f"{rel}: ...{m.group(1)}..." for m in _CSS_EXTERNAL.finditer(text)]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
