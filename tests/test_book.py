@@ -6,6 +6,9 @@ executes every chapter of the real book at the ``smoke`` preset (the CI notebook
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,9 +38,14 @@ def _notebook(*cells) -> nbformat.NotebookNode:
     return nb
 
 
-def _mini_book(root: Path, *, failing: bool = False) -> Path:
+def _mini_book(root: Path, *, failing: bool = False, offline: bool = False) -> Path:
+    """A two-page book. ``offline``: with the real ``_config.yml`` (MathJax, launch buttons) and, in ``ok``,
+    a formula and a circuitsvis view shown through universality_lib.views."""
     (root / "book").mkdir(parents=True)
-    (root / "_config.yml").write_text(CONFIG)
+    if offline:
+        shutil.copy2(book.ROOT / "_config.yml", root / "_config.yml")
+    else:
+        (root / "_config.yml").write_text(CONFIG)
     chapters = ["  - file: book/ok"] + (["  - file: book/broken"] if failing else [])
     (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n" + "\n".join(chapters) + "\n")
     (root / "book" / "intro.md").write_text("# Mini book\n\nHello.\n")
@@ -55,6 +63,15 @@ def _mini_book(root: Path, *, failing: bool = False) -> Path:
             'print("preset is", preset)'
         ),
     )
+    if offline:
+        ok.cells += [
+            new_markdown_cell("Inline $a^2 + b^2 = c^2$ and displayed\n\n$$\\sum_{i=1}^n x_i$$"),
+            new_code_cell(
+                "import circuitsvis as cv\n"
+                "from universality_lib import views\n"
+                'views.show(cv.tokens.colored_tokens(tokens=["offline", " view"], values=[0.2, 0.9]))'
+            ),
+        ]
     nbformat.write(ok, root / "book" / "ok.ipynb")
     if failing:
         broken = _notebook(
@@ -65,10 +82,18 @@ def _mini_book(root: Path, *, failing: bool = False) -> Path:
     return root
 
 
-def test_runner_on_mini_book(tmp_path):
-    root = _mini_book(tmp_path / "src")
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def mini_html(tmp_path_factory):
+    """The mini book (offline variant), executed and built to HTML once for this module: (root, out, index)."""
+    tmp = tmp_path_factory.mktemp("mini_html")
+    root = _mini_book(tmp / "src", offline=True)
+    out = tmp / "out"
     index = build_book(preset="smoke", out=out, root=root, html=True, progress=False)
+    return root, out, index
+
+
+def test_runner_on_mini_book(mini_html):
+    root, out, index = mini_html
 
     base = out / "smoke"
     assert index == base / "book" / "_build" / "html" / "index.html"
@@ -98,6 +123,41 @@ def test_runner_on_mini_book(tmp_path):
     assert timings["machine"] == book.machine()  # the report names the machine the chapters ran on
     assert [c["chapter"] for c in timings["chapters"]] == ["ok"]
     assert timings["html_seconds"] is not None
+
+
+def test_built_html_is_offline(mini_html):
+    """The build serves MathJax from _static/mathjax/ and inlines circuitsvis: no page fetches from another host."""
+    _, _, index = mini_html
+    site = index.parent
+    assert book.external_resources(site) == []
+    mathjax = site / "_static" / "mathjax"
+    for rel in ("MathJax.js", "config/TeX-AMS-MML_HTMLorMML-full.js", "jax/output/HTML-CSS/fonts/STIX-Web/fontdata.js",
+                "fonts/HTML-CSS/STIX-Web/woff/STIXMathJax_Main-Regular.woff"):
+        assert (mathjax / rel).is_file(), f"no {rel} in the built _static/mathjax/"
+    page = (site / "book" / "ok.html").read_text(encoding="utf-8")
+    assert 'src="../_static/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"' in page
+    assert r"\(a^2 + b^2 = c^2\)" in page  # the delimiters _config.yml's tex2jax settings look for
+    assert "CircuitsVis.render(" in page and "unpkg.com/circuitsvis" not in page
+    assert 'href="https://colab.research.google.com/' in page  # a plain link (the launch button) is fine
+
+
+def _chromium() -> str | None:
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium on this machine")
+def test_built_html_renders_with_no_network(mini_html):
+    """Headless Chromium with every host name unresolvable: MathJax typesets the formulas and the circuitsvis view
+    draws its tokens."""
+    _, _, index = mini_html
+    page = index.parent / "book" / "ok.html"
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND",
+           "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    assert 'id="MathJax-Element-1-Frame"' in dom and 'class="MathJax_Display"' in dom  # inline and displayed maths
+    assert "font-family: STIXMathJax_Main" in dom  # typeset with the bundled web fonts
+    assert re.search(r'<div id="circuits-vis-[^"]+"[^>]*><div class="colored-tokens">', dom)
+    assert dom.count("offline</span>") >= 1  # the view's tokens are on the page
 
 
 def test_failing_notebook_names_it(tmp_path):
@@ -169,3 +229,4 @@ def test_every_notebook_at_smoke(tmp_path):
         assert (executed / rel).exists(), f"{rel} was not executed"
         html = executed / "_build" / "html" / rel.with_suffix(".html")
         assert html.exists(), f"{rel} has no HTML page"
+    assert book.external_resources(index.parent) == []  # the whole book works offline
