@@ -156,6 +156,19 @@ def test_write_decomposition_shares_and_positions():
         assert a.shape == (3, 4) and np.allclose(a.sum(1), 1.0) and (a >= 0).all()
     w = model.blocks[2].conv1d.weight[:, 0].detach().double().pow(2).sum(0).numpy()[::-1]  # lag k = index K-1-k
     assert np.allclose(dec.weight[2], w / w.sum())
+    # the write share by brute force: the [E, N] write matrices with and without each lag's conv term
+    _, c = pt.run_cache(model, p.tokens, ["blocks.1.hook_in_proj"])
+    blk = model.blocks[1]
+    parts = ob.conv_contributions(blk, c["blocks.1.hook_in_proj"])[:, :, 3:]  # [K,n,L-3,E]
+    conv = parts.sum(0) + blk.conv1d.bias
+
+    def write(cv):
+        x, delta, Bm = ob.ssm_inputs_from_conv(blk, cv)
+        return (delta * x).unsqueeze(-1) * Bm.unsqueeze(-2)  # [n,L-3,E,N]
+
+    with torch.no_grad():
+        e = np.array([float((write(conv) - write(conv - parts[k])).double().pow(2).sum()) for k in range(4)])
+    assert np.allclose(dec.write[1], e / e.sum(), atol=1e-6)
     at = ob.write_decomposition(model, p, layers=[1], positions=lambda b: b.pos_b + 1, progress=False)
     assert at.n_positions == len(p) and at.layers == [1] and at.table().shape == (4, 3)
     assert set(at.row(1)) == {"weights", "conv term", "state write"}

@@ -165,6 +165,7 @@ def ssm_inputs_from_conv(block, conv: torch.Tensor) -> tuple[torch.Tensor, torch
     return x, F.softplus(block.dt_proj(d1)), Bm
 
 
+@torch.no_grad()
 def knockout_scan_inputs(model, batch: Batch, layer: int, lag: int) -> cm.ScanInputs:
     """The corrupted run's recurrence inputs in ``layer``, with lag ``lag`` knocked out of the corruption: every
     conv output reads the clean x_in at that lag (module docstring, item 2)."""
@@ -214,6 +215,7 @@ def state_write_variants(model, prompts: InductionPrompts, layer: int, variants:
     comps = [(v, k) for v in variants for k in offsets]
     memo: dict = {}
 
+    @torch.no_grad()
     def make(comp, b):
         label, k = comp
         var = variants[label]
@@ -350,12 +352,14 @@ def write_decomposition(model, prompts: InductionPrompts, layers=None, positions
             parts = conv_contributions(blk, cache[names[i]].float())[:, sel.to(cache[names[i]].device)]  # [K,m,E]
             bias = blk.conv1d.bias.float() if blk.conv1d.bias is not None else 0.0
             conv = parts.sum(0) + bias  # [m,E]
-            u, Bm = _write_factors(blk, conv)  # [m,E], [m,N]
-            W = u[:, :, None] * Bm[:, None, :]  # [m,E,N]
+            u, Bm = (v.double() for v in _write_factors(blk, conv))  # [m,E], [m,N]
             for k in range(K):
                 e_conv[i, k] += float(parts[k].double().pow(2).sum())
-                u_k, B_k = _write_factors(blk, conv - parts[k])
-                e_write[i, k] += float((W - u_k[:, :, None] * B_k[:, None, :]).double().pow(2).sum())
+                u_k, B_k = (v.double() for v in _write_factors(blk, conv - parts[k]))
+                # ||u B^T - u_k B_k^T||_F^2 without the [m,E,N] matrices (float64; exactly 0 when nothing changed)
+                sq = ((u * u).sum(-1) * (Bm * Bm).sum(-1) + (u_k * u_k).sum(-1) * (B_k * B_k).sum(-1)
+                      - 2 * (u * u_k).sum(-1) * (Bm * B_k).sum(-1))  # [m]
+                e_write[i, k] += float(sq.clamp_min(0).sum())
     w = np.stack([conv_taps(model.blocks[l]).detach().double().pow(2).sum(0).cpu().numpy() for l in layers])
     norm = lambda a: a / np.where(a.sum(1, keepdims=True) > 0, a.sum(1, keepdims=True), 1.0)  # noqa: E731
     where = "every position t >= K-1" if positions is None else getattr(positions, "__name__", "chosen positions")
