@@ -104,3 +104,18 @@ def save_text_dataset(folder: str | Path, texts, name: str = "train.jsonl") -> P
         for t in texts:
             f.write(json.dumps({"text": t}) + "\n")
     return folder
+
+
+def busy_mamba(d_vocab: int, n_layers: int = 2, seed: int = 0):
+    """A tiny random HookedMamba whose recurrence matters (larger steps and inputs than the default init):
+    the circuit tests need patched states to move the logits."""
+    import torch
+
+    from universality_lib.models.mamba import HookedMamba, MambaConfig
+
+    m = HookedMamba(MambaConfig(d_model=8, n_layers=n_layers, d_vocab=d_vocab, d_state=4, n_ctx=32, seed=seed)).eval()
+    with torch.no_grad():
+        for blk in m.blocks:
+            blk.dt_proj.bias.add_(2.0)
+            blk.in_proj.weight.mul_(10.0)
+    return m

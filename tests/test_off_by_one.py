@@ -9,6 +9,7 @@
 import numpy as np
 import pytest
 import torch
+from standins import busy_mamba
 
 from universality_lib import presets
 from universality_lib.circuits import mamba as cm
@@ -31,14 +32,7 @@ def _prompts(n=6, seq_len=14, max_a_pos=4, batch_size=3, seed=0):
 
 
 def _mamba(n_layers=2, seed=0):
-    from universality_lib.models.mamba import HookedMamba, MambaConfig
-
-    m = HookedMamba(MambaConfig(d_model=8, n_layers=n_layers, d_vocab=V, d_state=4, n_ctx=32, seed=seed)).eval()
-    with torch.no_grad():  # make the recurrence matter: larger steps and inputs than the default init
-        for blk in m.blocks:
-            blk.dt_proj.bias.add_(2.0)
-            blk.in_proj.weight.mul_(10.0)
-    return m
+    return busy_mamba(V, n_layers, seed)
 
 
 def _single_tap(model, layer: int, lag: int):
