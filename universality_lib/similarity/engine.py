@@ -81,17 +81,6 @@ def _coact_sd(acc, xt_ptr, xt_tok, xt_val, yd, ycols):  # pragma: no cover - com
                 acc[i, ycols[k]] += v * yd[t, k]
 
 
-@njit(cache=True, parallel=True)
-def _coact_ds(acc, xd, xcols, yt_ptr, yt_tok, yt_val):  # pragma: no cover - compiled
-    """acc[xcols[k], j] += Σ_t xd[t, k] y_tj: dense (shifted) units of a against the sparse units of b."""
-    for j in prange(len(yt_ptr) - 1):
-        for p in range(yt_ptr[j], yt_ptr[j + 1]):
-            t = yt_tok[p]
-            v = np.float64(yt_val[p])
-            for k in range(len(xcols)):
-                acc[xcols[k], j] += xd[t, k] * v
-
-
 # ----------------------------------------------------------------------------- one chunk of one unit set
 def _as_csr(chunk) -> sp.csr_matrix:
     if sp.issparse(chunk):
@@ -242,7 +231,7 @@ class PairStats:
             if len(ub.dcols):
                 _coact_sd(S, ua.spT.indptr, ua.spT.indices, ua.spT.data, ub.xd, ub.dcols)
             if len(ua.dcols):
-                _coact_ds(S, ua.xd, ua.dcols, ub.spT.indptr, ub.spT.indices, ub.spT.data)
+                _coact_sd(S.T, ub.spT.indptr, ub.spT.indices, ub.spT.data, ua.xd, ua.dcols)  # dense a x sparse b = (sparse b x dense a)ᵀ
             if len(ua.dcols) and len(ub.dcols):
                 block = ua.xd.T @ ub.xd  # [|D_a|, |D_b|] float64
                 if len(ua.dcols) == ua.size and len(ub.dcols) == ub.size:
