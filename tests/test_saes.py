@@ -82,6 +82,30 @@ def test_topk_option(mamba0, rows, eval_rows):
     assert m["l0"] <= 4 + 1e-9
 
 
+def test_l0_target_steers_the_l1_weight(transformer, rows, eval_rows):
+    """Two targets 8x apart, the same start λ: λ moves each SAE's L0 towards its own target (a fixed λ gives
+    one L0 for both), and the λ it ended with is saved and logged."""
+    base = dict(TINY_SAE.__dict__, expansion_factor=8, training_tokens=40 * 256, l0_gain=0.1)
+    out = {}
+    for target in (0.04, 0.32):
+        res = saes.train(transformer, 0, SAEConfig(**{**base, "l0_target": target}), rows, progress=False)
+        m = saes.evaluate(res.sae, transformer, eval_rows)
+        out[target] = (m["l0_frac"], res.info["l1_coefficient_final"], [r["l1_coefficient"] for r in res.log])
+    (l0_lo, lam_lo, curve_lo), (l0_hi, lam_hi, _) = out[0.04], out[0.32]
+    assert l0_lo < l0_hi and lam_lo > lam_hi  # sparser target: larger λ
+    assert abs(l0_lo - 0.04) < abs(l0_hi - 0.04) and abs(l0_hi - 0.32) < abs(l0_lo - 0.32)
+    assert curve_lo[-1] == pytest.approx(lam_lo, rel=1e-4) and len(set(curve_lo)) > 3  # λ moved during training
+    fixed = saes.train(transformer, 0, SAEConfig(**base), rows, progress=False)
+    assert fixed.info["l1_coefficient_final"] == pytest.approx(TINY_SAE.l1_coefficient)
+
+
+def test_total_train_minutes():
+    assert saes.total_train_minutes([60, 60], [True, True], 90.0, workers=2) == (1.5, "measured")
+    assert saes.total_train_minutes([60, 60], [True, False], 30.0, workers=2) == (1.0, "estimated")
+    with pytest.raises(UniversalityError, match="wall times"):
+        saes.total_train_minutes([60], [True, True], 1.0, workers=1)
+
+
 def test_special_positions_are_left_out(transformer, tok):
     assert saes.special_ids(transformer) == [tok.bos_token_id]
     r = torch.tensor([[tok.bos_token_id, 5, 6, tok.bos_token_id, 7]])
@@ -250,6 +274,11 @@ def test_bad_configs(mamba0, rows):
         saes.train(mamba0, 0, SAEConfig(**{**TINY_SAE.__dict__, "architecture": "gated"}), rows, progress=False)
     with pytest.raises(UniversalityError, match="mixing buffer"):
         saes.train(mamba0, 0, SAEConfig(**{**TINY_SAE.__dict__, "n_batches_in_buffer": 1}), rows, progress=False)
+    with pytest.raises(UniversalityError, match="topk SAE sets its L0 with k"):
+        saes.train(mamba0, 0, SAEConfig(**{**TINY_SAE.__dict__, "architecture": "topk", "l0_target": 0.1}), rows,
+                   progress=False)
+    with pytest.raises(UniversalityError, match="fraction of the dictionary"):
+        saes.train(mamba0, 0, SAEConfig(**{**TINY_SAE.__dict__, "l0_target": 5.0}), rows, progress=False)
     with pytest.raises(UniversalityError, match="unknown model 'X'"):
         saes.get("smoke", "X", 0)
 

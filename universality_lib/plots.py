@@ -89,9 +89,12 @@ def feature_density(densities: dict[str, "np.ndarray"], title: str = "feature de
     return fig
 
 
-def sae_training_curve(log: list[dict], title: str = "SAE training"):
-    """Reconstruction loss, L1 term, variance explained and L0 on each training batch, against tokens."""
-    fig, axes = plt.subplots(1, 3, figsize=(10, 2.9))
+def sae_training_curve(log: list[dict], title: str = "SAE training", l0_target: float | None = None):
+    """Reconstruction loss, L1 term, variance explained and L0 on each training batch, against tokens; with a
+    steered L1 weight (``l1_coefficient`` in the log) a fourth panel shows λ, and ``l0_target`` (features per
+    token) is drawn on the L0 panel."""
+    steered = bool(log) and "l1_coefficient" in log[0]
+    fig, axes = plt.subplots(1, 4 if steered else 3, figsize=(13 if steered else 10, 2.9))
     tokens = [r["tokens"] for r in log]
     for key in ("mse_loss", "l1_loss"):
         if log and key in log[0]:
@@ -101,7 +104,14 @@ def sae_training_curve(log: list[dict], title: str = "SAE training"):
     axes[1].plot(tokens, [r["fve"] for r in log], lw=1.2, color="tab:green")
     axes[1].set_title("variance explained (batch)", fontsize=10)
     axes[2].plot(tokens, [r["l0"] for r in log], lw=1.2, color="tab:red")
+    if l0_target is not None:
+        axes[2].axhline(l0_target, color="0.4", ls="--", lw=1, label="target")
+        axes[2].legend(frameon=False, fontsize=8)
+    axes[2].set_yscale("log")
     axes[2].set_title("L0 (batch)", fontsize=10)
+    if steered:
+        axes[3].plot(tokens, [r["l1_coefficient"] for r in log], lw=1.2, color="tab:purple")
+        axes[3].set_title("L1 weight λ", fontsize=10)
     for ax in axes:
         ax.set_xlabel("training tokens")
     fig.suptitle(title, fontsize=11)

@@ -15,8 +15,11 @@ of ``sae_train`` rows and shuffles the activations in its mixing buffer; its ``S
 * **token-wise normalisation**: every activation is rescaled to norm sqrt(D) (sae-lens'
   ``normalize_activations="constant_norm_rescale"``, which the saved SAE applies on its own at ``encode`` and
   undoes at ``decode``). The training stream is normalised before the trainer sees it, so the
-  reconstruction loss is taken in the normalised space, as in the authors' library; one λ then means
-  the same thing for T and M, whose raw residual norms differ.
+  reconstruction loss is taken in the normalised space, as in the authors' library, whatever the raw
+  residual norms of T and M.
+* **one sparsity target** (``SAEConfig.l0_target``): the L1 weight λ is steered during training so that every
+  SAE of a preset ends near the same L0, a fixed fraction of its dictionary (see ``SAEConfig``); the λ each
+  SAE ended with is saved (``l1_coefficient_final``) and logged on its training curve.
 * **special positions left out**: BOS (position 0 of every row) and the document separator are the same
   token here; sae-lens' ``exclude_special_tokens`` drops them from training, and the metrics skip them.
   Rows already start with BOS, so ``prepend_bos=False``.
@@ -58,7 +61,8 @@ from .errors import UniversalityError
 from .models import family as model_family
 from .presets import Preset, SAEConfig, get as get_preset, hub_name
 
-__all__ = ["ARCHITECTURES", "TrainResult", "train", "get", "load_folder", "folder_for", "jobs", "train_all",
+__all__ = ["ARCHITECTURES", "TrainResult", "train", "get", "load_folder", "folder_for", "is_cached", "jobs",
+           "train_all", "total_train_minutes",
            "evaluate", "evaluate_all", "top_activations", "pick_features", "special_ids", "check_compatible",
            "model_hash", "read_log", "info", "eval_rows", "feature_acts", "threads_set_to", "context_tokens",
            "context_text"]
@@ -102,6 +106,11 @@ def _check_config(cfg: SAEConfig) -> None:
         raise UniversalityError(f"unknown SAE architecture {cfg.architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
     if cfg.expansion_factor < 1:
         raise UniversalityError(f"expansion_factor must be >= 1, got {cfg.expansion_factor}")
+    if cfg.l0_target is not None:
+        if cfg.architecture != "standard":
+            raise UniversalityError("l0_target steers the L1 weight of a standard SAE; a topk SAE sets its L0 with k.")
+        if not 0 < cfg.l0_target < 1:
+            raise UniversalityError(f"l0_target is a fraction of the dictionary size, in (0, 1); got {cfg.l0_target}")
     if cfg.n_batches_in_buffer * cfg.context < cfg.batch_tokens:
         raise UniversalityError(
             f"the sae-lens mixing buffer (n_batches_in_buffer * context = {cfg.n_batches_in_buffer} * {cfg.context}) "
@@ -167,18 +176,33 @@ def _normalised(it: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         yield acts.normalise_tokens(x)
 
 
-def _make_trainer(runner_cfg, sae, provider, n_steps: int, progress: bool):
+def _make_trainer(runner_cfg, sae, provider, n_steps: int, progress: bool, cfg: SAEConfig):
     from sae_lens.training.sae_trainer import SAETrainer
 
-    if not hasattr(SAETrainer, "_update_pbar"):  # the per-step seam we log through
-        raise UniversalityError("this sae-lens version has no SAETrainer._update_pbar; pin sae-lens 6.x.")
+    for seam in ("_update_pbar", "_train_step", "coefficient_schedulers"):  # the per-step seams we use
+        if not hasattr(SAETrainer, seam) and seam not in getattr(SAETrainer, "__annotations__", {}):
+            raise UniversalityError(f"this sae-lens version has no SAETrainer.{seam}; pin sae-lens 6.x.")
     every = max(1, n_steps // 100)  # curve points
     bar_every = max(1, n_steps // 20)  # progress-bar refreshes
+    target = None if cfg.l0_target is None else cfg.l0_target * int(runner_cfg.sae.d_sae)  # features per token
+    control_end = n_steps - int(runner_cfg.lr_decay_steps)  # λ is held during the learning-rate decay
 
     class _LoggingTrainer(SAETrainer):
-        """sae-lens' trainer, plus a small training curve (no wandb)."""
+        """sae-lens' trainer, plus a small training curve (no wandb) and, with ``l0_target``, the L1 weight
+        steered towards the target L0 (sae-lens' own coefficient scheduler carries the value)."""
 
         curve: list = []
+
+        def _train_step(self, sae, sae_in):
+            out = super()._train_step(sae, sae_in)
+            l1 = self.coefficient_schedulers.get("l1")
+            if target is not None and l1 is not None and l1.warm_up_steps <= self.n_training_steps < control_end:
+                with torch.no_grad():
+                    l0 = max((out.feature_acts > 0).float().sum(-1).mean().item(), 0.5)
+                err = min(max(math.log(l0 / target), -1.0), 1.0)  # clipped: early on L0 is far above any target
+                l1.final_value = float(l1.final_value * math.exp(cfg.l0_gain * err))
+                l1.current_value = l1.final_value  # the next step reads current_value
+            return out
 
         @torch.no_grad()
         def _update_pbar(self, step_output, pbar, update_interval: int = 100):
@@ -192,6 +216,8 @@ def _make_trainer(runner_cfg, sae, provider, n_steps: int, progress: bool):
                     "l0": round((f > 0).float().sum(-1).mean().item(), 3),
                     "fve": round(1.0 - (x - xh).pow(2).sum().item() / max(var, 1e-12), 5),
                     "lr": self.optimizer.param_groups[0]["lr"],
+                    **({"l1_coefficient": round(self.coefficient_schedulers["l1"].value, 6)}
+                       if "l1" in self.coefficient_schedulers else {}),
                 })
             if progress and (n % bar_every == 0 or n == n_steps):
                 loss = " | ".join(f"{k} {float(v):.4g}" for k, v in step_output.losses.items())
@@ -275,7 +301,7 @@ def train(model, layer: int, cfg: SAEConfig, rows: torch.Tensor, *, seed: int = 
             sae = TrainingSAE.from_dict(runner_cfg.get_training_sae_cfg_dict())
             _set_metadata(sae, runner_cfg)
             sae.to(str(dev))
-            trainer = _make_trainer(runner_cfg, sae, _normalised(iter(store)), n_steps, progress)
+            trainer = _make_trainer(runner_cfg, sae, _normalised(iter(store)), n_steps, progress, cfg)
             sae = trainer.fit()
     finally:
         model.train(was_training)
@@ -288,6 +314,8 @@ def train(model, layer: int, cfg: SAEConfig, rows: torch.Tensor, *, seed: int = 
         "device": dev.type, "torch_threads": threads or torch.get_num_threads(), "machine": _machine(dev),
         "sae_lens_version": _sae_lens_version(), "final": trainer.curve[-1] if trainer.curve else {},
         "dead_features_train": int(trainer.dead_neurons.sum().item()),
+        "l1_coefficient_final": (round(trainer.coefficient_schedulers["l1"].final_value, 6)
+                                 if "l1" in trainer.coefficient_schedulers else None),
         **(extra_info or {}),
     }
     ctx = tempfile.TemporaryDirectory() if folder is None else contextlib.nullcontext(str(folder))
@@ -450,6 +478,27 @@ def get(preset: "str | Preset", name: str, layer: int, seed: int = 0, *, model=N
     return load_folder(folder, expect=expected, model=model, device=dev)
 
 
+def is_cached(preset: "str | Preset", name: str, layer: int, seed: int = 0) -> bool:
+    """Whether the SAE of (model, layer, seed) is already in the cache (its manifest is checked at load)."""
+    return (folder_for(preset, name, layer, seed) / cache.MANIFEST).exists()
+
+
+def total_train_minutes(walls_s: Iterable[float], trained_here: Iterable[bool], elapsed_here_s: float,
+                        workers: int) -> tuple[float, str]:
+    """Wall-clock minutes it takes to train a set of SAEs, and how the number was obtained.
+
+    ``walls_s``: each SAE's training wall time as recorded when it was trained; ``trained_here``: whether it was
+    trained in the run being timed, which took ``elapsed_here_s`` seconds. If every SAE was trained there, the
+    answer is that elapsed time ("measured"). Otherwise (some came from the cache) it is the sum of the recorded
+    walls divided by the ``workers`` that trained side by side ("estimated")."""
+    walls, here = list(walls_s), list(trained_here)
+    if len(walls) != len(here):
+        raise UniversalityError(f"{len(walls)} wall times for {len(here)} SAEs")
+    if here and all(here):
+        return elapsed_here_s / 60, "measured"
+    return sum(walls) / max(1, workers) / 60, "estimated"
+
+
 def jobs(preset: "str | Preset", names: Iterable[str] | None = None) -> list[tuple[str, int, int]]:
     """Every (model, layer, seed) the preset trains: seed 0 on every layer of T, T2, M and M0, and the
     extra SAE seeds (``SAEConfig.seeds``) on every layer of ``SAEConfig.seed_skyline``."""
@@ -466,7 +515,7 @@ def jobs(preset: "str | Preset", names: Iterable[str] | None = None) -> list[tup
 
 def _train_job(preset: Preset, name: str, layer: int, seed: int, device: str | None, threads: int | None) -> tuple:
     """One SAE of :func:`train_all` (runs in a worker process when ``workers > 1``)."""
-    cached = (folder_for(preset, name, layer, seed) / cache.MANIFEST).exists()
+    cached = is_cached(preset, name, layer, seed)
     t0 = time.perf_counter()
     get(preset, name, layer, seed, device=device, progress=False, threads=threads)
     return cached, round(time.perf_counter() - t0, 2)
@@ -506,7 +555,7 @@ def train_all(preset: "str | Preset", names: Iterable[str] | None = None, *, dev
             if name not in models:
                 models.clear()  # one model in memory at a time
                 models[name] = zoo.load(p, name, device=device)
-            cached = (folder_for(p, name, layer, seed) / cache.MANIFEST).exists()
+            cached = is_cached(p, name, layer, seed)
             t0 = time.perf_counter()
             get(p, name, layer, seed, model=models[name], device=device, progress=False, threads=threads)
             done((name, layer, seed), cached, round(time.perf_counter() - t0, 2))
