@@ -102,12 +102,25 @@ def hub_documents(name: str, split: str = "train", text_column: str = "text",
         raise
 
 
+def split_source(preset: "str | Preset", split: str) -> str | None:
+    """The dataset a split reads when it is not a share of ``CorpusConfig.source``: ``sae_source`` for
+    ``sae_train`` and ``mppc_source`` for ``eval`` (the paper: SAEs on a Pile subset, MPPC on OpenWebText), when
+    set and different from ``source``; else None."""
+    c = get_preset(preset).corpus
+    other = {"sae_train": c.sae_source, "eval": c.mppc_source}.get(split)
+    return other if other and other != c.source else None
+
+
 def documents(preset: "str | Preset", split: str | None = None) -> dict[str, str]:
-    """The documents of a preset's corpus, optionally only one split."""
+    """The documents of a preset's corpus, optionally only one split. A split with its own dataset
+    (:func:`split_source`) is that dataset's first ``CorpusConfig.split_source_max_docs`` documents."""
     p = get_preset(preset)
     c = p.corpus
     if split is not None and split not in SPLITS:
         raise UniversalityError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    own = split_source(p, split) if split is not None else None
+    if own is not None:
+        return hub_documents(own, c.dataset_split, c.text_column, max_docs=c.split_source_max_docs)
     if c.source == "stdlib":
         docs = stdlib_documents(c.include_tests, c.max_files)
     else:
@@ -248,8 +261,14 @@ def token_stream(preset: "str | Preset", split: str = "eval", tokenizer=None) ->
     if split not in SPLITS:
         raise UniversalityError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     tok = tokenizer if tokenizer is not None else load_tokenizer(p)
-    m = manifest(p) if p.corpus.source == "stdlib" else {"splits": {split: {"sha256": p.corpus.source}}}
-    key = cache.stable_hash({"split": m["splits"][split]["sha256"], "tok": tokenizer_hash(tok), "v": 1})
+    if p.corpus.source == "stdlib" and split_source(p, split) is None:
+        what = manifest(p)["splits"][split]["sha256"]  # the split's content hash
+    else:  # a hub dataset (or a folder) is named, not hashed: everything that picks its documents goes in the key
+        c = p.corpus
+        what = {"source": split_source(p, split) or c.source, "split": split, "own": split_source(p, split) is not None,
+                "dataset_split": c.dataset_split, "text_column": c.text_column, "max_files": c.max_files,
+                "splits": c.splits, "split_source_max_docs": c.split_source_max_docs}
+    key = cache.stable_hash({"split": what, "tok": tokenizer_hash(tok), "v": 1})
 
     def build(tmp: Path) -> None:
         docs = documents(p, split)
