@@ -135,6 +135,9 @@ class SAEConfig:
     seeds: tuple[int, ...] = (0, 1)  # SAE seed 0 on every model and layer; the others only on seed_skyline
     seed_skyline: str = "T"  # the model that gets the extra SAE seeds (the SAE-seed skyline)
     workers: int = 1  # processes training SAEs side by side on a CPU (saes.train_all)
+    # SAE training steps in bfloat16 mixed precision (sae-lens' runner option ``autocast``; CUDA only, ignored on
+    # a CPU). The model's forward pass that feeds the SAE stays float32.
+    autocast: bool = False
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,7 @@ def _runner_config(cfg: SAEConfig, d_in: int, hook_name: str, device: torch.devi
         feature_sampling_window=max(cfg.dead_feature_window, 1), device=str(device),
         logger=LoggingConfig(log_to_wandb=False), checkpoint_path=None, output_path=None, verbose=False,
         n_batches_for_norm_estimate=1, seed=0, model_from_pretrained_kwargs={},
+        autocast=cfg.autocast and device.type == "cuda",  # bf16 mixed precision for the SAE steps (GPU only)
     )
 
 
