@@ -75,6 +75,9 @@ NORMALISATION = "constant_norm_rescale"  # sae-lens' per-token rescale to norm s
 _FORMAT = 1
 # fields of SAEConfig that do not change a trained SAE (they are not part of its cache key)
 _NOT_IN_KEY = ("workers", "eval_tokens", "seeds", "seed_skyline")
+# options added after SAEs were first cached: part of the key only when set, so that adding one did not
+# invalidate the SAEs already trained with its default
+_IN_KEY_ONLY_IF_SET = {"autocast": False}
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -96,6 +99,9 @@ def _key_config(cfg: SAEConfig) -> dict:
     d = dataclasses.asdict(cfg)
     for k in _NOT_IN_KEY:
         d.pop(k, None)
+    for k, default in _IN_KEY_ONLY_IF_SET.items():
+        if d.get(k) == default:
+            d.pop(k)
     return d
 
 
