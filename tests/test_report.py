@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from universality_lib import book, report, resources, saes
+from universality_lib import book, presets, report, resources, saes
 from universality_lib.cli import main as cli_main
 from universality_lib.models import n_params
 from universality_lib.models.mamba import HookedMamba, MambaConfig
@@ -160,7 +160,7 @@ def test_parameter_formulas_match_real_models(layers, d, vocab):
 def test_paper_plan_counts_what_the_library_runs():
     rows = {r["stage"].split(" (")[0]: r for r in resources.plan("paper")}
     assert rows["SAE training"]["count"] == len(saes.jobs("paper")) == 84
-    assert rows["SAE training"]["tokens"] == 84 * 100_000_000
+    assert rows["SAE training"]["tokens"] == 84 * presets.get("paper").sae.training_tokens
     assert rows["MPPC, dense path"]["count"] == 2 * 12 * 24 + 2 * 12 * 12
     assert all(r["flops"] > 0 and 0 < r["memory_gb"] < 16 for r in rows.values())
     # estimated times scale inversely with the GPU's float32 peak

@@ -17,40 +17,47 @@ Method (also written out on the page):
 * SAE training FLOPs per token = ``12 D F`` (encoder and decoder, ``2 D F`` each forward, backward twice the
   forward), ``F = expansion_factor x D``;
 * dense MPPC FLOPs per layer pair = ``2 n F_a F_b`` (the cross-product matrix over ``n`` tokens);
-* time = FLOPs / (peak float32 throughput x :data:`EFFICIENCY`): everything runs in float32 (sae-lens' default,
-  the library's models, the 1e-6-accurate MPPC), TF32 off (PyTorch's default for matmuls);
+* time = FLOPs / (peak throughput x :data:`EFFICIENCY`): float32 peak for the models' forward passes, the
+  1e-6-accurate MPPC and the induction sweep (TF32 off, PyTorch's default for matmuls); with
+  ``SAEConfig.autocast`` the SAE steps themselves (the ``12 D F`` FLOPs, sae-lens autocasts them to bfloat16) at the
+  16-bit tensor-core peak, on GPUs with native bfloat16 only (a T4 has none: estimated at its float32 peak);
 * memory per step: Adam state (16 bytes per SAE parameter), four ``[batch_tokens, F]`` float32 tensors (pre- and
   post-ReLU activations and their gradients), the model's float32 weights, one forward pass's largest transient
   (attention scores ``rows x H x ctx^2``) and sae-lens' activation buffer (``n_batches_in_buffer x rows x ctx x D``,
-  twice for its mixing); for MPPC the float64 ``F x F`` cross-product matrix of one layer pair.
+  twice for its mixing), all counted in float32 also under autocast (an upper bound); for MPPC the float64
+  ``F x F`` cross-product matrix of one layer pair.
 
 Glossary: ``L`` blocks, ``D`` d_model, ``E = expand x D``, ``N`` d_state, ``R = ceil(D / 16)`` dt rank, ``V``
 vocabulary, ``F`` SAE features, ``n`` tokens.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
 
 from .presets import Preset, get as get_preset
 
-__all__ = ["GPU", "GPUS", "EFFICIENCY", "pythia_params", "mamba_params", "plan", "page", "main"]
+__all__ = ["GPU", "GPUS", "EFFICIENCY", "SESSION_HOURS", "pythia_params", "mamba_params", "plan", "seconds",
+           "sae_tokens_within", "page", "main"]
 
-EFFICIENCY = 0.5  # assumed fraction of the float32 peak that large matmuls reach (estimate, not measured)
+EFFICIENCY = 0.5  # assumed fraction of a peak that large matmuls reach (estimate, not measured)
+SESSION_HOURS = 3.0  # "one Colab session" for the SAE stage (the paper preset's budget is set to fit it on an A100)
 
 
 @dataclass(frozen=True)
 class GPU:
     name: str
     fp32_tflops: float  # vendor datasheet, dense float32 (non-tensor-core)
-    bf16_tflops: float  # vendor datasheet, dense 16-bit tensor cores (for the "with bf16" remark)
+    bf16_tflops: float  # vendor datasheet, dense 16-bit tensor cores (bf16; fp16 on the T4)
     memory_gb: float
+    native_bf16: bool = True  # bfloat16 tensor cores (Ampere+); a T4 (Turing) emulates bf16, so autocast gains nothing
 
 
 # vendor datasheet peaks (NVIDIA T4, A100 40GB SXM, H100 80GB SXM)
 GPUS = (
-    GPU("Colab T4", 8.1, 65.0, 16.0),
+    GPU("Colab T4", 8.1, 65.0, 16.0, native_bf16=False),
     GPU("A100 (40 GB)", 19.5, 312.0, 40.0),
     GPU("H100 (80 GB, SXM)", 67.0, 989.0, 80.0),
 )
@@ -98,7 +105,8 @@ def _mppc_tokens(p: Preset) -> int:
 
 def plan(preset: "str | Preset" = "paper") -> list[dict]:
     """The preset's large stages: ``stage``, ``what``, ``tokens`` (model tokens processed), ``flops``,
-    ``memory_gb`` (peak per step), ``count`` (SAEs or layer pairs)."""
+    ``autocast_flops`` (the part of ``flops`` that runs in bf16 mixed precision: the SAE steps with
+    ``SAEConfig.autocast``, else 0), ``memory_gb`` (peak per step), ``count`` (SAEs or layer pairs)."""
     p = get_preset(preset)
     t, m, s = p.transformer, p.mamba, p.sae
     mod = _models(p)
@@ -113,7 +121,8 @@ def plan(preset: "str | Preset" = "paper") -> list[dict]:
             for layer in range(layers[n])]
     sae_flops_tok = 12 * D * F
     fwd_total = sum(fwd_block[fam[n]] * (layer + 1) for n, layer in jobs)
-    sae_flops = len(jobs) * s.training_tokens * sae_flops_tok + s.training_tokens * fwd_total
+    sae_steps_flops = len(jobs) * s.training_tokens * sae_flops_tok
+    sae_flops = sae_steps_flops + s.training_tokens * fwd_total
     sae_params = 2 * D * F + F + D
     buffer = 2 * s.n_batches_in_buffer * rows * ctx * D * 4
     attn_scores = rows * t.n_heads * ctx * ctx * 4
@@ -121,7 +130,7 @@ def plan(preset: "str | Preset" = "paper") -> list[dict]:
     out = [{"stage": "SAE training (chapter 2)",
             "what": f"{len(jobs)} SAEs x {s.training_tokens:,} tokens, F = {F:,}, batch {s.batch_tokens:,} tokens",
             "count": len(jobs), "tokens": len(jobs) * s.training_tokens, "flops": sae_flops,
-            "memory_gb": sae_mem / 1e9}]
+            "autocast_flops": sae_steps_flops if s.autocast else 0, "memory_gb": sae_mem / 1e9}]
     n = _mppc_tokens(p)
     pairs = {"main (T x M)": t.n_layers * m.n_layers, "random (T x M0)": t.n_layers * m.n_layers,
              "model seed (T x T2)": t.n_layers ** 2, "SAE seed (T x T)": t.n_layers ** 2}
@@ -132,14 +141,36 @@ def plan(preset: "str | Preset" = "paper") -> list[dict]:
                 "what": f"{n_pairs} layer pairs ({', '.join(f'{k} {v}' for k, v in pairs.items())}) over "
                         f"{n:,} tokens",
                 "count": n_pairs, "tokens": n * len(layers), "flops": n_pairs * 2 * n * F * F + encode + fwd_mppc,
+                "autocast_flops": 0,
                 "memory_gb": (F * F * 8 + 2 * 4096 * F * 4) / 1e9})
     prompts, seq, heads = 65_536, 64, t.n_layers * t.n_heads
     per_tok = 2 * (mod["T"]["matmul"] + mod["T"]["embeddings"] / 2) + t.n_layers * 4 * seq * D
     out.append({"stage": "Induction head sweep (chapter 5)",
                 "what": f"{heads} heads + 1 clean run x {prompts:,} prompts of {seq} tokens (the authors' count)",
                 "count": heads + 1, "tokens": (heads + 1) * prompts * seq, "flops": (heads + 1) * prompts * seq * per_tok,
+                "autocast_flops": 0,
                 "memory_gb": (4 * mod["T"]["total"] + 256 * seq * (_pad(p.corpus.vocab_size, 128)) * 4) / 1e9})
     return out
+
+
+def seconds(row: dict, gpu: GPU) -> float:
+    """Estimated seconds of one :func:`plan` row on ``gpu``: the autocast part at the 16-bit tensor-core peak when the
+    GPU has native bfloat16 (else at its float32 peak), the rest at the float32 peak, both x :data:`EFFICIENCY`."""
+    fast = row.get("autocast_flops", 0)
+    bf16 = gpu.bf16_tflops if gpu.native_bf16 else gpu.fp32_tflops
+    return ((row["flops"] - fast) / gpu.fp32_tflops + fast / bf16) / (1e12 * EFFICIENCY)
+
+
+def _sae_row(p: Preset) -> dict:
+    return plan(p)[0]
+
+
+def sae_tokens_within(preset: "str | Preset", gpu: GPU, hours: float = SESSION_HOURS, step: int = 1_000_000) -> int:
+    """The largest SAE budget (training tokens per SAE, a multiple of ``step``) whose SAE stage is estimated to take
+    at most ``hours`` on ``gpu`` (0 when even ``step`` tokens do not fit). The stage's time is linear in the budget."""
+    p = get_preset(preset)
+    per_step = seconds(_sae_row(p.replace(sae=dataclasses.replace(p.sae, training_tokens=step))), gpu)
+    return int(hours * 3600 // per_step) * step
 
 
 def _fmt_time(seconds: float) -> str:
@@ -176,29 +207,24 @@ def page(preset: "str | Preset" = "paper") -> str:
     for r in rows:
         lines.append(f"| {r['stage']} | {r['what']} | {r['tokens']:.3g} | {r['flops']:.2g} | "
                      f"{r['memory_gb']:.1f} GB |")
-    lines += ["", "## Time on one GPU (float32)", "",
+    lines += ["", "## Time on one GPU", "",
               "| stage | " + " | ".join(g.name for g in GPUS) + " |", "|---|" + "---|" * len(GPUS)]
     for r in rows:
         cells = []
         for g in GPUS:
+            note = ""
+            if r["autocast_flops"]:
+                note = " (bf16 SAE steps)" if g.native_bf16 else " (float32: no bf16)"
             fits = "" if r["memory_gb"] <= g.memory_gb else " (does not fit)"
-            cells.append(_fmt_time(r["flops"] / (g.fp32_tflops * 1e12 * EFFICIENCY)) + fits)
+            cells.append(_fmt_time(seconds(r, g)) + note + fits)
         lines.append(f"| {r['stage']} | " + " | ".join(cells) + " |")
-    total = sum(r["flops"] for r in rows)
     lines.append("| **all three** | " + " | ".join(
-        f"**{_fmt_time(total / (g.fp32_tflops * 1e12 * EFFICIENCY))}**" for g in GPUS) + " |")
-    speedup = {g.name: g.bf16_tflops / g.fp32_tflops for g in GPUS}
+        f"**{_fmt_time(sum(seconds(r, g) for r in rows))}**" for g in GPUS) + " |")
+    lines += ["", *_precision_and_budget(p, rows), "",
+              "The dense MPPC row is an upper bound. The sparse path multiplies only features that fire together, so "
+              "its cost grows with the square of L0 (about 50 active features), not with the square of the "
+              "dictionary size.", ""]
     lines += [
-        "",
-        "With 16-bit tensor cores (autocast to bf16, or fp16 on the T4) the matrix products would run up to "
-        + ", ".join(f"{v:.0f}x ({k})" for k, v in speedup.items())
-        + " faster at the datasheet peaks. The book does not do that: the MPPC statistics must be accurate to "
-        "1e-6, and the SAEs are trained in float32. SAE training dominates the total. At these budgets the "
-        "whole preset does not fit in one Colab session on a T4. It needs an A100 or an H100 for a day or more, "
-        "or smaller budgets (`presets.get(\"paper\").replace(sae=...)`). The dense MPPC row is an upper bound. "
-        "The sparse path multiplies only features that fire together, so its cost grows with the square of L0 "
-        "(about 50 active features), not with the square of the dictionary size.",
-        "",
         "## Method",
         "",
         f"* **Parameters.** Pythia (GPT-NeoX) has per block $12D^2 + 13D$ parameters: QKV, the output and two MLP "
@@ -216,12 +242,17 @@ def page(preset: "str | Preset" = "paper") -> str:
         "passes and SAE encodings of the sample.",
         "* **Induction sweep**: one patched forward pass per head, with logits, over the authors' 65,536 prompts "
         "of 64 tokens. The Mamba state sweeps use 2,048 prompts and cost less.",
-        f"* **Time** = FLOPs / (datasheet float32 peak x {EFFICIENCY}). The factor {EFFICIENCY} is an assumed "
-        "efficiency for large float32 matrix products. Everything runs in float32, because that is sae-lens' "
-        "default and the precision of the library's models and of the MPPC statistics. PyTorch leaves TF32 off "
-        "for matrix products by default.",
+        f"* **Time** = FLOPs / (datasheet peak x {EFFICIENCY}). The factor {EFFICIENCY} is an assumed efficiency "
+        "for large matrix products, the same for both precisions. The models' forward passes, the MPPC statistics "
+        "and the induction sweep run in float32 (the precision of the library's models and the 1e-6 accuracy of "
+        "MPPC); PyTorch leaves TF32 off for matrix products by default. "
+        + ("With `SAEConfig.autocast` the SAE steps ($12DF$ per token) run in bfloat16 mixed precision (sae-lens' "
+           "`autocast` option, CUDA only) and are priced at the 16-bit tensor-core peak on GPUs with bfloat16 "
+           "tensor cores. The T4 has none (sae-lens autocasts to bfloat16, which a T4 emulates slowly), so its SAE "
+           "steps are priced at its float32 peak." if p.sae.autocast else "The SAE steps run in float32, "
+           "sae-lens' default (`SAEConfig.autocast` is off)."),
         "* **Memory per step**: the Adam state (16 bytes per SAE parameter), four $[\\text{batch}, F]$ float32 "
-        "tensors, the float32 model weights, the attention scores of one forward batch and sae-lens' activation "
+        "tensors (counted in float32 under autocast too, an upper bound), the float32 model weights, the attention scores of one forward batch and sae-lens' activation "
         "buffer (counted twice, for its mixing). For MPPC, the float64 $F \\times F$ cross-product matrix of one "
         "layer pair. Mamba is assumed to run with mamba_ssm's kernels (the `gpu` extra). Without them, the "
         "pure-PyTorch scan materialises $[\\text{batch}, L, E, N]$ tensors and needs several GB more.",
@@ -232,6 +263,49 @@ def page(preset: "str | Preset" = "paper") -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _precision_and_budget(p: Preset, rows: list[dict]) -> list[str]:
+    """The page's paragraphs on precision and on the SAE budget (every number computed)."""
+    s, sae = p.sae, rows[0]
+    bf16 = [g for g in GPUS if g.native_bf16]
+    slow = [g for g in GPUS if not g.native_bf16]
+    steps = s.training_tokens // s.batch_tokens
+    if not s.autocast:
+        speedup = ", ".join(f"{g.bf16_tflops / g.fp32_tflops:.0f}x ({g.name})" for g in bf16)
+        return [f"The SAEs are trained in float32 (`SAEConfig.autocast` is off). With bfloat16 autocast their matrix "
+                f"products could run up to {speedup} faster at the datasheet peaks. The MPPC statistics must be "
+                f"accurate to 1e-6, so they stay in float32. At this budget ({s.training_tokens:,} tokens per SAE) "
+                "the SAE stage takes " + ", ".join(f"{_fmt_time(seconds(sae, g))} on the {g.name}" for g in GPUS)
+                + "."]
+    ref = bf16[0]  # the cheapest bf16 GPU (Colab Pro's A100)
+    fwd_share = (sae["flops"] - sae["autocast_flops"]) / ref.fp32_tflops / (1e12 * EFFICIENCY) / seconds(sae, ref)
+    speedup = ", ".join(f"{g.bf16_tflops / g.fp32_tflops:.0f}x ({g.name})" for g in bf16)
+    out = [f"The SAE steps run in bfloat16 mixed precision (`SAEConfig.autocast`, sae-lens' own `autocast` option, "
+           f"CUDA only). On the {' and the '.join(g.name for g in bf16)} their matrix products are priced at the "
+           f"16-bit tensor-core peak, up to {speedup} the float32 one. The model forward passes that feed the SAEs "
+           f"stay in float32 and take {fwd_share:.0%} of the SAE stage's time on the {ref.name}. "
+           + " ".join(f"The {g.name} has no bfloat16 tensor cores: sae-lens autocasts to bfloat16, which a {g.name} "
+                      "emulates slowly, so its SAE row is estimated at its float32 peak." for g in slow)
+           + " The MPPC statistics must be accurate to 1e-6 and the induction sweep uses the library's float32 "
+           "models, so both stay in float32.",
+           ""]
+    times = ", ".join(f"{_fmt_time(seconds(sae, g))} on the {g.name}" for g in bf16)
+    out.append(f"**SAE budget.** Each SAE trains on {s.training_tokens:,} tokens ({steps:,} steps of "
+               f"{s.batch_tokens:,}), cut from the authors' library defaults (100M tokens and more) so that the SAE "
+               f"stage fits one Colab session: {times}, within the {SESSION_HOURS:g} h this page takes for a "
+               "session. The cost: fewer steps per SAE than the authors', so expect more dead features and a lower "
+               "reconstruction FVE than theirs.")
+    for g in slow:
+        n = sae_tokens_within(p, g)
+        small = p.replace(sae=dataclasses.replace(s, training_tokens=max(n, 1)))
+        per_million = seconds(_sae_row(p.replace(sae=dataclasses.replace(s, training_tokens=1_000_000))), g)
+        out[-1] += (f" On the {g.name} the same budget takes {_fmt_time(seconds(sae, g))}. A {g.name} user shrinks "
+                    f"it further, e.g. `p = presets.get(\"paper\"); p = p.replace(sae=dataclasses.replace(p.sae, "
+                    f"training_tokens={n:_}))`: estimated {_fmt_time(seconds(_sae_row(small), g))} on the {g.name} "
+                    f"({n // s.batch_tokens:,} steps per SAE, a demonstration rather than a reproduction); each "
+                    f"further million tokens per SAE adds {_fmt_time(per_million)}.")
+    return out
 
 
 def main(argv=None) -> int:
