@@ -164,7 +164,7 @@ def test_failing_notebook_names_it(tmp_path):
     root = _mini_book(tmp_path / "src", failing=True)
     out = tmp_path / "out"
     with pytest.raises(UniversalityError) as info:
-        build_book(preset="smoke", out=out, root=root, html=False, progress=False)
+        build_book(preset="smoke", out=out, root=root, html=False, progress=False, reuse=False)
     msg = str(info.value)
     assert "book/broken.ipynb" in msg
     assert "deliberate failure" in msg
@@ -187,7 +187,7 @@ def test_cell_timeout_fails_the_run(tmp_path):
 def test_chapter_subset_and_cli(tmp_path, capsys):
     root = _mini_book(tmp_path / "src", failing=True)
     out = tmp_path / "out"
-    rc = main(["--preset", "smoke", "--out", str(out), "--chapters", "ok", "--no-html", "--root", str(root)])
+    rc = main(["--preset", "smoke", "--out", str(out), "--chapters", "ok", "--no-html", "--root", str(root), "--rerun"])
     assert rc == 0
     toc = (out / "smoke" / "book" / "_toc.yml").read_text()
     assert "book/ok" in toc and "broken" not in toc
@@ -196,6 +196,48 @@ def test_chapter_subset_and_cli(tmp_path, capsys):
         build_book(preset="smoke", out=out, root=root, chapters=["nope"], html=False)
     assert main(["--preset", "nope", "--out", str(out), "--root", str(root)]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_unchanged_chapters_come_from_the_cache(tmp_path, monkeypatch):
+    """A re-run restores every chapter whose inputs did not change (notebook, package, earlier results); a
+    change runs it again, and so every chapter after it whose earlier results changed; a corrupt entry is
+    re-executed, never used."""
+    monkeypatch.setenv("UNIVERSALITY_CACHE", str(tmp_path / "cache"))
+    root = _mini_book(tmp_path / "src")
+    second = _notebook(
+        new_code_cell('preset = "tiny"', metadata={"tags": ["parameters"]}),
+        new_code_cell("from universality_lib.results import get, record\n"
+                      'record("seen_from_ok", get("preset_seen", chapter="ok")["value"])'),
+    )
+    nbformat.write(second, root / "book" / "second.ipynb")
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/ok\n"
+                                   "  - file: book/second\n")
+    out = tmp_path / "out"
+
+    def run(**kw):
+        build_book(preset="smoke", out=out, root=root, html=False, progress=False, **kw)
+        timings = json.loads((out / "smoke" / "timings.json").read_text())
+        results = {p.name: p.read_bytes() for p in (out / "smoke" / "results").glob("*.json")}
+        return [c["status"] for c in timings["chapters"]], timings, results
+
+    status, _, first = run()
+    assert status == ["ok", "ok"] and set(first) == {"ok.json", "second.json"}
+    status, timings, again = run()
+    assert status == ["cached", "cached"] and again == first  # results restored byte for byte
+    assert all(c["executed_seconds"] > 0 and c["executed_at"] for c in timings["chapters"])
+    assert (out / "smoke" / "book" / "book" / "ok.ipynb").exists()
+    # the first chapter changes: it runs again, and so does the second, whose input (ok's results) changed
+    nb = nbformat.read(root / "book" / "ok.ipynb", as_version=4)
+    nb.cells.append(new_code_cell("x = 1"))
+    nbformat.write(nb, root / "book" / "ok.ipynb")
+    assert run()[0] == ["ok", "ok"]
+    assert run()[0] == ["cached", "cached"]
+    # a corrupt cache entry is reported and the chapter executed again
+    entry = max((e for e in (tmp_path / "cache" / "book" / "smoke").glob("*/results.json")
+                 if b"seen_from_ok" in e.read_bytes()), key=lambda e: e.stat().st_mtime)  # second's current entry
+    (entry.parent / "executed.ipynb").write_text("garbage")
+    assert run()[0] == ["cached", "ok"]
+    assert run(reuse=False)[0] == ["ok", "ok"]
 
 
 def test_unknown_preset_raises_before_running(tmp_path):
@@ -221,7 +263,7 @@ def test_real_toc_lists_notebooks():
 
 @pytest.mark.notebooks
 def test_every_notebook_at_smoke(tmp_path):
-    index = build_book(preset="smoke", out=tmp_path, html=True)
+    index = build_book(preset="smoke", out=tmp_path, html=True, reuse=False)
     assert index.exists()
     executed = tmp_path / "smoke" / "book"
     for nb in chapter_notebooks():

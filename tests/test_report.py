@@ -131,9 +131,13 @@ def test_timings(results_env):
     results_env.mkdir(parents=True, exist_ok=True)
     (results_env.parent / "timings.json").write_text(json.dumps(
         {"machine": "m", "chapters": [{"chapter": "01", "seconds": 30, "status": "ok"},
-                                      {"chapter": "02", "seconds": 600.0, "status": "failed"}]}))
-    assert report.timings_rows(report.load_timings()) == [{"chapter": "01", "minutes": 0.5, "status": "ok"},
-                                                          {"chapter": "02", "minutes": 10.0, "status": "failed"}]
+                                      {"chapter": "02", "seconds": 600.0, "status": "failed"},
+                                      {"chapter": "03", "seconds": 1.2, "status": "cached", "executed_seconds": 120,
+                                       "executed_at": "2026-11-24T10:00:00+00:00"}]}))
+    assert report.timings_rows(report.load_timings()) == [
+        {"chapter": "01", "minutes": 0.5, "status": "ok", "this run (min)": 0.5},
+        {"chapter": "02", "minutes": 10.0, "status": "failed", "this run (min)": 10.0},
+        {"chapter": "03", "minutes": 2.0, "status": "cached (ran 2026-11-24)", "this run (min)": 0.02}]
 
 
 def test_report_page_is_last_in_the_toc():

@@ -14,6 +14,13 @@
 6. writes ``<out>/<preset>/timings.json`` and returns the path of ``index.html`` (or of the
    executed book folder when ``html=False``).
 
+Re-runs: every executed chapter is kept in the verified cache (``cache_dir()/book/<preset>/<key>``: the executed
+notebook, its results file and how long it ran), keyed by :func:`chapter_key`: the notebook, the preset, every
+file of this package (code and shipped checkpoints), the versions of the packages that compute, and the results
+that the chapters before it recorded. A chapter whose key is found is restored from there instead of executed
+(status ``cached`` in ``timings.json``, with the time it took when it ran); any change to those inputs runs it
+again. ``reuse=False`` (``--rerun``) executes everything.
+
 Colab: the first code cell of every chapter is :data:`COLAB_CELL` (tagged ``colab-setup``, hidden in the built
 book). It pip-installs this package from :data:`REPO_URL` when it runs in Colab and does nothing elsewhere, so a
 chapter opened from the book's launch button works before ``universality_lib`` exists there.
@@ -347,6 +354,61 @@ def _fmt_s(seconds: float) -> str:
     return f"{int(m)} min {s:04.1f} s"
 
 
+# packages whose versions can change what a chapter computes (part of the chapter key)
+_KEY_PACKAGES = ("torch", "numpy", "numba", "transformer-lens", "sae-lens", "transformers", "tokenizers", "scipy",
+                 "pandas", "matplotlib", "circuitsvis", "papermill")
+
+
+def package_digest(package_dir: str | os.PathLike | None = None) -> str:
+    """One hash of every file of this package (its code and its shipped checkpoints) and of the versions of the
+    packages that compute (:data:`_KEY_PACKAGES`) and of Python."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    folder = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+    versions = {"python": sys.version.split()[0]}
+    for name in _KEY_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    h.update(json.dumps(versions, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def chapter_key(notebook: str | os.PathLike, preset: str, earlier_results: Sequence[str | os.PathLike],
+                digest: str) -> str:
+    """The cache key of one executed chapter: the notebook's bytes, the preset, :func:`package_digest` and the
+    bytes of the results files of the chapters before it (those it may read)."""
+    from .cache import sha256_file, stable_hash
+
+    earlier = {Path(r).name: sha256_file(r) for r in earlier_results if Path(r).exists()}
+    return stable_hash({"notebook": sha256_file(notebook), "preset": preset, "package": digest,
+                        "earlier_results": earlier, "v": 1})
+
+
+def _cached_chapter(kind: str, key: str) -> Path | None:
+    """The verified cached chapter ``kind/key``, or None (a corrupt entry is removed and reported)."""
+    from .cache import cache_dir, verify_manifest
+    from .errors import IntegrityError
+
+    folder = cache_dir() / kind / key
+    if not folder.exists():
+        return None
+    try:
+        verify_manifest(folder)
+        return folder
+    except IntegrityError as e:
+        print(f"[cache] {kind}/{key} failed verification ({e}); running the chapter again.", flush=True)
+        shutil.rmtree(folder)
+        return None
+
+
 def build_book(
     preset: str = "tiny",
     out: str | os.PathLike = "build",
@@ -357,6 +419,7 @@ def build_book(
     *,
     root: str | os.PathLike | None = None,
     progress: bool = True,
+    reuse: bool = True,
 ) -> Path:
     """Execute the book's notebooks at ``preset`` and (optionally) build its HTML.
 
@@ -365,6 +428,8 @@ def build_book(
     ``timeout``: per-cell time limit in seconds (None: no limit).
     ``kernel``: a kernelspec name; default: this interpreter.
     ``root``: the folder holding ``_toc.yml`` / ``_config.yml`` / ``book/`` (default: the repo).
+    ``reuse``: restore a chapter from the verified cache when nothing it depends on changed (see the module
+    docstring); False executes every chapter.
     Returns the path of ``index.html`` (``html=True``) or of the executed book folder.
     Raises :class:`UniversalityError` for a bad preset/chapter or a failing notebook.
     """
@@ -447,6 +512,10 @@ def build_book(
     def write_timings() -> None:
         (base / "timings.json").write_text(json.dumps(timings, indent=1) + "\n", encoding="utf-8")
 
+    from . import cache as _cache
+
+    digest = package_digest() if reuse else ""
+    kind = f"book/{preset}"
     t_start = time.perf_counter()
     print(f"Executing {len(selected)} notebook(s) at preset {preset!r} into {book_dir}", flush=True)
     bar = tqdm(selected, desc=f"book [{preset}]", unit="chapter", disable=not progress, file=sys.stdout)
@@ -463,6 +532,23 @@ def build_book(
                     stale.unlink()
                 results_path.mkdir(parents=True, exist_ok=True)
                 t0 = time.perf_counter()
+                key = hit = None
+                if reuse:
+                    earlier = [results_path / f"{n.stem}.json" for n in notebooks[:notebooks.index(nb)]]
+                    key = chapter_key(nb, preset, earlier, digest)
+                    hit = _cached_chapter(kind, key)
+                if hit is not None:  # nothing it depends on changed: restore it
+                    shutil.copy2(hit / "executed.ipynb", executed)
+                    if (hit / "results.json").exists():
+                        shutil.copy2(hit / "results.json", stale)
+                    ran = json.loads((hit / "run.json").read_text(encoding="utf-8"))
+                    dt = time.perf_counter() - t0
+                    timings["chapters"].append({"chapter": nb.stem, "notebook": rel.as_posix(), "seconds": round(dt, 2),
+                                                "status": "cached", "executed_seconds": ran["seconds"],
+                                                "executed_on": ran["machine"], "executed_at": ran["at"]})
+                    write_timings()
+                    bar.write(f"  {rel.as_posix()}: from the cache (it ran in {_fmt_s(ran['seconds'])})")
+                    continue
                 try:
                     with _patched_environ({"UNIVERSALITY_CHAPTER": nb.stem}):
                         pm.execute_notebook(
@@ -486,6 +572,16 @@ def build_book(
                 timings["chapters"].append({"chapter": nb.stem, "notebook": rel.as_posix(), "seconds": round(dt, 2), "status": "ok"})
                 write_timings()
                 bar.write(f"  {rel.as_posix()}: {_fmt_s(dt)}")
+                if reuse:
+                    def keep(tmp: Path, executed=executed, results=stale, dt=dt) -> None:
+                        shutil.copy2(executed, tmp / "executed.ipynb")
+                        if results.exists():
+                            shutil.copy2(results, tmp / "results.json")
+                        (tmp / "run.json").write_text(json.dumps({
+                            "seconds": round(dt, 2), "machine": timings["machine"],
+                            "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}) + "\n")
+
+                    _cache.cached_folder(kind, key, keep, verbose=False)
     finally:
         bar.close()
 
@@ -651,6 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-html", action="store_true", help="execute the notebooks only, skip jupyter-book build")
     p.add_argument("--timeout", type=int, default=None, help="per-cell time limit in seconds (default: none)")
     p.add_argument("--kernel", default=None, help="a kernelspec name (default: this Python interpreter)")
+    p.add_argument("--rerun", action="store_true", help="execute every chapter, even those the cache holds unchanged")
     p.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     chapters = None
@@ -658,7 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chapters = [c.strip() for item in args.chapters for c in item.split(",") if c.strip()]
     try:
         path = build_book(preset=args.preset, out=args.out, chapters=chapters, html=not args.no_html,
-                          timeout=args.timeout, kernel=args.kernel, root=args.root)
+                          timeout=args.timeout, kernel=args.kernel, root=args.root, reuse=not args.rerun)
     except UniversalityError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--chapters", nargs="*", default=None)
     b.add_argument("--no-html", action="store_true")
     b.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    b.add_argument("--rerun", action="store_true", help="execute every chapter, even those the cache holds unchanged")
 
     i = sub.add_parser("info", help="show a preset, its corpus and its zoo")
     _preset_arg(i)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             from .book import build_book
 
             index = build_book(preset=preset.name, out=args.out, chapters=args.chapters,
-                               html=not args.no_html, timeout=args.timeout)
+                               html=not args.no_html, timeout=args.timeout, reuse=not args.rerun)
             print(f"[book] {index}")
         elif args.cmd == "info":
             from . import corpus, zoo

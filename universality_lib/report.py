@@ -235,11 +235,19 @@ def load_timings(directory: str | os.PathLike | None = None) -> dict | None:
 
 
 def timings_rows(timings: dict | None) -> list[dict]:
-    """One dict per executed chapter: chapter, minutes, status (empty without timings)."""
+    """One dict per chapter of the run: chapter, minutes (the time it took to execute: in this run, or when it
+    ran if this run restored it from the cache), status (``ok``, ``failed``, or ``cached``) and the minutes this
+    run spent on it (empty without timings)."""
     if not timings:
         return []
-    return [{"chapter": c.get("chapter"), "minutes": round(float(c.get("seconds") or 0.0) / 60, 2),
-             "status": c.get("status")} for c in timings.get("chapters", [])]
+    rows = []
+    for c in timings.get("chapters", []):
+        cached = c.get("status") == "cached"
+        took = c.get("executed_seconds") if cached else c.get("seconds")
+        rows.append({"chapter": c.get("chapter"), "minutes": round(float(took or 0.0) / 60, 2),
+                     "status": f"cached (ran {c.get('executed_at', '?')[:10]})" if cached else c.get("status"),
+                     "this run (min)": round(float(c.get("seconds") or 0.0) / 60, 2)})
+    return rows
 
 
 # ----------------------------------------------------------------------------- rendering
