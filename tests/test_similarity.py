@@ -279,3 +279,14 @@ def test_conditions_and_rows_follow_the_preset():
     assert [presets.get(n).mppc_tokens for n in ("smoke", "paper")] == [8_000, 1_000_000]
     r = sim.mppc_rows(p)
     assert r.shape[1] == p.sae.context and (r[:, 1:] != r[0, 0]).sum() >= 0.9 * p.mppc_tokens
+
+
+def test_default_memory_budget_of_a_pass(monkeypatch):
+    from types import SimpleNamespace
+
+    from universality_lib.similarity import experiments
+
+    assert experiments.default_max_gb("cpu") == 4.0
+    # a GPU gets half its memory: at the paper's size (4.8 GB per SAE layer pair) 4 GB would mean a pass per pair
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=80 * 2**30))
+    assert experiments.default_max_gb("cuda:0") == 40.0

@@ -42,7 +42,7 @@ from ..presets import Preset, get as get_preset
 from .engine import PairStats
 from .result import MPPCResult
 
-__all__ = ["Condition", "conditions", "Source", "mppc_rows", "rows_hash", "compute", "run", "summary_table",
+__all__ = ["Condition", "conditions", "Source", "mppc_rows", "rows_hash", "compute", "default_max_gb", "run", "summary_table",
            "neuron_hooks", "CONDITION_ORDER"]
 
 KIND = "similarity"
@@ -156,10 +156,20 @@ def _hash_of_model(p: Preset, name: str) -> str:
 
 # ----------------------------------------------------------------------------- the pass over the tokens
 @torch.no_grad()
-def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int = 4096, max_gb: float = 4.0,
+def default_max_gb(device: "torch.device | str") -> float:
+    """Memory for the float64 cross sums of one pass: half of a GPU's memory (at the paper's size one SAE layer
+    pair needs 8 x 24,576² bytes = 4.8 GB, so a 4 GB budget would make a pass of every pair), 4 GB on a CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return 0.5 * torch.cuda.get_device_properties(device).total_memory / 2**30
+    return 4.0
+
+
+def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int = 4096, max_gb: float | None = None,
             progress: bool = True, meta: dict | None = None) -> dict[str, MPPCResult]:
     """MPPC of every ``{name: (source_a, source_b)}``, all layer pairs, in as few passes over the tokens as
-    ``max_gb`` (float64 cross sums) allows. Sources must share their token rows' hash."""
+    ``max_gb`` (float64 cross sums; default :func:`default_max_gb`) allows. Sources must share their token rows'
+    hash."""
     from tqdm.auto import tqdm
 
     items = list(pairs_of_sources.items())
@@ -173,7 +183,7 @@ def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int 
     dev = next(items[0][1][0].model.parameters()).device
     if backend == "auto":
         backend = "dense" if dev.type == "cuda" else "sparse"
-    budget = max_gb * 2**30
+    budget = (max_gb if max_gb is not None else default_max_gb(dev)) * 2**30
     # jobs: (condition, pairs) packed greedily into passes whose float64 cross sums fit the budget; a pair that
     # alone exceeds it gets a pass of its own
     passes, cur, used = [], [], 0
@@ -245,7 +255,7 @@ def _unit_key(s: Source, layers):
 
 # ----------------------------------------------------------------------------- the chapter's entry point
 def run(preset: "str | Preset", names=None, *, n_tokens: int | None = None, backend: str = "auto",
-        device: str | None = None, max_gb: float = 4.0, progress: bool = True, threads: int | None = None,
+        device: str | None = None, max_gb: float | None = None, progress: bool = True, threads: int | None = None,
         train_if_missing: bool = True) -> dict[str, MPPCResult]:
     """All-layer-pairs MPPC of the preset's conditions (default: all six), loaded from the cache or computed in
     one pass over the `eval` tokens. Returns ``{condition: MPPCResult}``."""
