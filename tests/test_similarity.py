@@ -290,3 +290,21 @@ def test_default_memory_budget_of_a_pass(monkeypatch):
     # a GPU gets half its memory: at the paper's size (4.8 GB per SAE layer pair) 4 GB would mean a pass per pair
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=80 * 2**30))
     assert experiments.default_max_gb("cuda:0") == 40.0
+
+
+def test_paired_scores_the_same_units_of_two_conditions():
+    from universality_lib.similarity import paired
+
+    def result(name_b, vals, live):
+        n = len(vals)
+        pair = {(0, 0): {"a_val": np.asarray(vals, float), "a_idx": np.zeros(n, int), "b_val": np.zeros(1),
+                         "b_idx": np.zeros(1, int)}}
+        return MPPCResult("T", name_b, [0], [0], {("a", 0): np.full(n, 0.1), ("b", 0): np.full(1, 0.1)},
+                          {("a", 0): np.asarray(live), ("b", 0): np.ones(1, bool)}, pair)
+
+    main = result("M", [0.9, 0.5, np.nan, 0.3], [True, True, False, True])
+    rand = result("M0", [0.85, 0.2, np.nan, 0.4], [True, True, False, False])
+    df = paired(main, rand)
+    assert df.unit.tolist() == [0, 1] and np.allclose(df["diff"], [0.05, 0.3])  # unit 3 is dead in the second
+    with pytest.raises(UniversalityError, match="same units"):
+        paired(main, result("M", [0.1, 0.2], [True, True]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["mppc_distributions", "mppc_means", "layer_matrix"]
+__all__ = ["mppc_distributions", "mppc_means", "layer_matrix", "paired_mppc"]
 
 _COLOURS = {"random": "tab:grey", "main": "tab:blue", "model_seed": "tab:orange", "sae_seed": "tab:green",
             "neurons_random": "tab:grey", "neurons_main": "tab:blue"}
@@ -73,5 +73,27 @@ def layer_matrix(mat, layers_a, layers_b, name_a: str = "T", name_b: str = "M", 
     ax.set_ylabel(f"{name_a} layer")
     ax.set_title(title or f"mean best match, {name_a} → {name_b}", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    return fig
+
+
+def paired_mppc(df, name_x: str = "M", name_y: str = "M0", margin: float = 0.1, title: str = ""):
+    """Each feature's MPPC against two models (``similarity.paired``): a 2-D histogram with the diagonal and the
+    line ``y = x - margin`` (features below it match ``name_x`` by at least ``margin`` more than ``name_y``),
+    beside the histogram of the differences."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.1, 1]})
+    h = ax.hist2d(df.mppc_x, df.mppc_y, bins=50, range=[[0, 1], [0, 1]], cmap="Blues", cmin=1)
+    ax.plot([0, 1], [0, 1], color="0.3", lw=1, label="equal")
+    ax.plot([margin, 1], [0, 1 - margin], color="tab:red", lw=1, ls="--", label=f"{name_x} higher by {margin:g}")
+    ax.set_xlabel(f"MPPC in {name_x}")
+    ax.set_ylabel(f"MPPC in {name_y}")
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    fig.colorbar(h[3], ax=ax, fraction=0.05, label="features")
+    ax2.hist(df["diff"], bins=60, color="tab:blue", alpha=0.8)
+    ax2.axvline(0, color="0.3", lw=1)
+    ax2.axvline(margin, color="tab:red", lw=1, ls="--")
+    ax2.set_xlabel(f"MPPC in {name_x} − MPPC in {name_y}")
+    ax2.set_ylabel("features")
+    fig.suptitle(title or f"each feature's best match in {name_x} vs in {name_y}", fontsize=10)
     fig.tight_layout()
     return fig

@@ -25,7 +25,7 @@ import numpy as np
 from ..cache import atomic_write_json
 from ..errors import UniversalityError
 
-__all__ = ["MPPCResult", "bootstrap_mean", "THRESHOLDS"]
+__all__ = ["MPPCResult", "bootstrap_mean", "paired", "THRESHOLDS"]
 
 THRESHOLDS = (0.5, 0.7, 0.9)
 _FORMAT = 1
@@ -191,3 +191,21 @@ class MPPCResult:
         pair = {(ka, kb): {n: arrays[f"P{ka}_{kb}_{n}"] for n in ("a_val", "a_idx", "b_val", "b_idx")}
                 for ka in la for kb in lb if f"P{ka}_{kb}_a_val" in arrays}
         return cls(info["name_a"], info["name_b"], la, lb, freq, live, pair, info["meta"])
+
+
+def paired(x: MPPCResult, y: MPPCResult, side: str = "a"):
+    """One row per unit of ``side`` that is live in both results, with its MPPC in each: ``x`` and ``y`` must
+    score the same units (e.g. ``main`` = T vs M and ``random`` = T vs M0, side ``"a"`` = T's features).
+    pandas DataFrame: layer, unit, freq, mppc_x, mppc_y, diff = mppc_x - mppc_y."""
+    tx, ty = x.table(side), y.table(side)
+    name_x = x.name_a if side == "a" else x.name_b
+    name_y = y.name_a if side == "a" else y.name_b
+    if name_x != name_y or len(tx) != len(ty) or not (tx[["layer", "unit"]].values == ty[["layer", "unit"]].values).all():
+        raise UniversalityError(f"the two results do not score the same units on side {side!r} "
+                                f"({name_x} with {len(tx)} units vs {name_y} with {len(ty)})")
+    keep = (tx.live & ty.live).to_numpy()
+    out = tx.loc[keep, ["layer", "unit", "freq"]].reset_index(drop=True)
+    out["mppc_x"] = tx.mppc.to_numpy()[keep]
+    out["mppc_y"] = ty.mppc.to_numpy()[keep]
+    out["diff"] = out.mppc_x - out.mppc_y
+    return out
