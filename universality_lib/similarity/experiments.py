@@ -155,7 +155,6 @@ def _hash_of_model(p: Preset, name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the pass over the tokens
-@torch.no_grad()
 def default_max_gb(device: "torch.device | str") -> float:
     """Memory for the float64 cross sums of one pass: half of a GPU's memory (at the paper's size one SAE layer
     pair needs 8 x 24,576² bytes = 4.8 GB, so a 4 GB budget would make a pass of every pair), 4 GB on a CPU."""
@@ -165,6 +164,7 @@ def default_max_gb(device: "torch.device | str") -> float:
     return 4.0
 
 
+@torch.no_grad()
 def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int = 4096, max_gb: float | None = None,
             progress: bool = True, meta: dict | None = None) -> dict[str, MPPCResult]:
     """MPPC of every ``{name: (source_a, source_b)}``, all layer pairs, in as few passes over the tokens as
