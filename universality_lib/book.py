@@ -392,23 +392,6 @@ def chapter_key(notebook: str | os.PathLike, preset: str, earlier_results: Seque
                         "earlier_results": earlier, "v": 1})
 
 
-def _cached_chapter(kind: str, key: str) -> Path | None:
-    """The verified cached chapter ``kind/key``, or None (a corrupt entry is removed and reported)."""
-    from .cache import cache_dir, verify_manifest
-    from .errors import IntegrityError
-
-    folder = cache_dir() / kind / key
-    if not folder.exists():
-        return None
-    try:
-        verify_manifest(folder)
-        return folder
-    except IntegrityError as e:
-        print(f"[cache] {kind}/{key} failed verification ({e}); running the chapter again.", flush=True)
-        shutil.rmtree(folder)
-        return None
-
-
 def build_book(
     preset: str = "tiny",
     out: str | os.PathLike = "build",
@@ -536,7 +519,7 @@ def build_book(
                 if reuse:
                     earlier = [results_path / f"{n.stem}.json" for n in notebooks[:notebooks.index(nb)]]
                     key = chapter_key(nb, preset, earlier, digest)
-                    hit = _cached_chapter(kind, key)
+                    hit = _cache.verified_folder(kind, key)  # a corrupt entry is reported and run again
                 if hit is not None:  # nothing it depends on changed: restore it
                     shutil.copy2(hit / "executed.ipynb", executed)
                     if (hit / "results.json").exists():

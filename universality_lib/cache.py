@@ -124,20 +124,31 @@ def building(folder: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def verified_folder(kind: str, key: str, *, verbose: bool = True) -> Path | None:
+    """The folder ``cache_dir()/kind/key`` if it exists and passes its manifest, else None. A folder that fails
+    verification is removed (and says so), never returned."""
+    folder = cache_dir() / kind / key
+    if not folder.exists():
+        return None
+    try:
+        verify_manifest(folder)
+        return folder
+    except IntegrityError as e:
+        if verbose:
+            print(f"[cache] {kind}/{key} failed verification ({e}); rebuilding it.", flush=True)
+        shutil.rmtree(folder)
+        return None
+
+
 def cached_folder(kind: str, key: str, build: Callable[[Path], None], *, verbose: bool = True) -> Path:
     """Return the verified folder ``cache_dir()/kind/key``, building it with ``build(tmp)`` if absent.
 
     A folder that fails verification is rebuilt (and says so), never silently used.
     """
+    found = verified_folder(kind, key, verbose=verbose)
+    if found is not None:
+        return found
     folder = cache_dir() / kind / key
-    if folder.exists():
-        try:
-            verify_manifest(folder)
-            return folder
-        except IntegrityError as e:
-            if verbose:
-                print(f"[cache] {kind}/{key} failed verification ({e}); rebuilding it.")
-            shutil.rmtree(folder)
     with building(folder) as tmp:
         build(tmp)
     return folder

@@ -261,11 +261,11 @@ def token_stream(preset: "str | Preset", split: str = "eval", tokenizer=None) ->
     if split not in SPLITS:
         raise UniversalityError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     tok = tokenizer if tokenizer is not None else load_tokenizer(p)
-    if p.corpus.source == "stdlib" and split_source(p, split) is None:
+    c, own = p.corpus, split_source(p, split)
+    if c.source == "stdlib" and own is None:
         what = manifest(p)["splits"][split]["sha256"]  # the split's content hash
     else:  # a hub dataset (or a folder) is named, not hashed: everything that picks its documents goes in the key
-        c = p.corpus
-        what = {"source": split_source(p, split) or c.source, "split": split, "own": split_source(p, split) is not None,
+        what = {"source": own or c.source, "split": split, "own": own is not None,
                 "dataset_split": c.dataset_split, "text_column": c.text_column, "max_files": c.max_files,
                 "splits": c.splits, "split_source_max_docs": c.split_source_max_docs}
     key = cache.stable_hash({"split": what, "tok": tokenizer_hash(tok), "v": 1})

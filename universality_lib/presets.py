@@ -205,9 +205,6 @@ _TINY = Preset(
                       repeat_frac=0.5, repeat_span=64, repeat_mode="sequence", repeat_min_period=1,
                       repeat_ramp_frac=0.4, log_every=50, eval_every=200, checkpoint_every=100),
     shipped=True,
-    # measured (2M SAE tokens, zoo checkpoints part-way through training): l1 1.5 gave L0 5.4% of 2048 on T
-    # layer 1 and 2.7% on M layer 2; l1 1.15 gave 6.0% (FVE 0.86) and 3.3% (FVE 0.89). One l1 serves both
-    # families (the paper's design), so 1.0 trades T's L0 up for M's; the chapter reports each SAE's values.
     # L0 steered to 9% of the dictionary for every SAE (a fixed λ = 1 gave 2.2% to 9.1% across layers and
     # families; the λ that reach one L0 differ 12x). 1.5M tokens keeps all 14 SAEs under 20 minutes on 2 cores
     # (measured 18.2 min, shared machine). At a 7.5% target the untrained M0's last block reached FVE 0.78 only;

@@ -198,8 +198,8 @@ def paired(x: MPPCResult, y: MPPCResult, side: str = "a"):
     score the same units (e.g. ``main`` = T vs M and ``random`` = T vs M0, side ``"a"`` = T's features).
     pandas DataFrame: layer, unit, freq, mppc_x, mppc_y, diff = mppc_x - mppc_y."""
     tx, ty = x.table(side), y.table(side)
-    name_x = x.name_a if side == "a" else x.name_b
-    name_y = y.name_a if side == "a" else y.name_b
+    name_x = x.name_a if x._side(side) == "a" else x.name_b
+    name_y = y.name_a if y._side(side) == "a" else y.name_b
     if name_x != name_y or len(tx) != len(ty) or not (tx[["layer", "unit"]].values == ty[["layer", "unit"]].values).all():
         raise UniversalityError(f"the two results do not score the same units on side {side!r} "
                                 f"({name_x} with {len(tx)} units vs {name_y} with {len(ty)})")
