@@ -167,7 +167,9 @@ def _load_paper(p: Preset, name: str, device: str):
 
         tok = corpus.load_tokenizer(p)
         ref = HookedMamba.from_pretrained(hub_name(p, "M"), tokenizer=tok)
-        fresh = HookedMamba(ref.cfg, tokenizer=tok)
+        with torch.random.fork_rng(devices=[]):  # seeded: the same M0 at every load (its SAEs fit it)
+            torch.manual_seed(spec(p, name)[1])
+            fresh = HookedMamba(ref.cfg, tokenizer=tok)
         return fresh.to(device).eval()
     family, _ = spec(p, name)
     hub = hub_name(p, name)
