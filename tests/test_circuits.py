@@ -297,3 +297,95 @@ def test_effect_figures():
     d = circuit_diagrams({"T": [("step", "text"), ("read-out", "text")],
                           "M": {"steps": [("conv", "t")], "tokens": ["A", "B"], "sources": [0, 1]}})
     assert len(d.axes) == 2 and [a.get_title() for a in d.axes] == ["T", "M"]
+
+
+# ------------------------------------------------------------------------------------ the precision rule
+from universality_lib.circuits.effects import stack  # noqa: E402
+from universality_lib.circuits.precision import Precision, RunningDelta  # noqa: E402
+from universality_lib.circuits.task import task_config  # noqa: E402
+
+
+def test_precision_rule_by_hand():
+    rule = Precision(se_frac=0.1, min_prompts=10)
+    d, se = np.array([-0.2, -2.0, -1.0]), np.array([0.5, 0.1, 0.1])
+    assert rule.gap(d) == (1, 2, pytest.approx(1.0))  # top: the largest decrease; runner-up: the next largest |Δ|
+    assert rule.resolved(d, se, 10) and not rule.resolved(d, se, 9)  # too few prompts
+    assert not rule.resolved(d, np.array([0.5, 0.1, 0.11]), 10)  # runner-up's SE 0.11 > 0.1 x gap
+    assert not rule.resolved(np.array([-1.0, -1.0]), np.zeros(2), 10)  # a tie is never resolved
+    assert not rule.resolved(np.array([0.0, 3.0]), np.zeros(2), 10)  # the largest |Δ| goes the wrong way
+    assert Precision(direction="up", min_prompts=10).gap(np.array([0.0, 3.0]))[0] == 1
+    assert rule.resolved(np.array([-1.0]), np.array([0.1]), 10)  # one component: compared with no effect
+    assert not rule.resolved(d, np.full(3, np.nan), 10)
+    assert "0.1 x the gap" in rule.describe()
+
+
+@pytest.mark.parametrize("kw", [dict(se_frac=0), dict(se_frac=1.5), dict(se_frac="0.1"), dict(min_prompts=1),
+                                dict(min_prompts=2.5), dict(direction="sideways")])
+def test_precision_rule_bad_inputs(kw):
+    with pytest.raises(UniversalityError, match="Precision"):
+        Precision(**kw)
+    if "direction" not in kw:
+        with pytest.raises(UniversalityError, match="Precision"):
+            TaskConfig(**kw)  # the task's rule is checked when the task is made
+
+
+def test_running_delta_matches_effects():
+    rng = np.random.default_rng(0)
+    clean = rng.normal(5.0, 1.0, 50)
+    patched = clean[None] + rng.normal([[-1.0], [0.3], [1e4]], 0.5, (3, 50))  # a large offset: shifted sums stay exact
+    e = Effects("x", ["a", "b", "c"], {"logit_B": clean}, {"logit_B": patched})
+    r = RunningDelta(3)
+    for s in range(0, 50, 16):
+        r.add(patched[:, s:s + 16] - clean[None, s:s + 16])
+    assert r.n == 50
+    assert np.allclose(r.delta(), e.delta(), rtol=0, atol=1e-10) and np.allclose(r.se(), e.delta_se(), rtol=1e-9)
+
+
+def _planted_sweep(model, prompts, deltas, noise):
+    """A sweep whose component c lowers logit B by deltas[c] + noise[c] x u_row (u_row a fixed number in [-0.5, 0.5)
+    per prompt): the residual at the last position moves along W_U[:, B] (no final LayerNorm)."""
+    name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    W_U = model.W_U.detach()  # [D, V]
+
+    def make(c, b):
+        u = ((b.clean.b * 7919 + b.clean.pos_a * 31) % 101).double() / 101 - 0.5  # [n]
+        w = W_U[:, b.clean.b].T  # [n, D]
+        shift = ((deltas[c] + noise[c] * u)[:, None] * w / (w * w).sum(1, keepdim=True)).float()  # [n, D]
+
+        def fn(act, hook):
+            out = act.clone()
+            out[:, -1] += shift
+            return out
+
+        return [(name, fn)]
+
+    return pt.sweep(model, prompts, "random", [name], list(range(len(deltas))), make,
+                    [f"c{i}" for i in range(len(deltas))], "planted", progress=False)
+
+
+def test_sweep_stops_where_the_precision_rule_is_met():
+    model = _transformer(normalization_type=None)
+    cfg = dict(seq_len=16, max_a_pos=8, n_prompts=96, batch_size=8, se_frac=0.1, min_prompts=16)
+    full = _planted_sweep(model, make_prompts(VOCAB, TaskConfig(**cfg), bos_id=BOS), [-2.0, -1.0, -0.2],
+                          [3.0, 3.0, 0.5])
+    # reference: the first batch boundary at which the rule holds on the full sweep's first k prompts
+    rule = Precision(0.1, 16)
+    want = next(k for k in range(8, 97, 8)
+                if Effects("k", full.labels, {m: v[:k] for m, v in full.clean.items()},
+                           {m: v[:, :k] for m, v in full.patched.items()}).resolved(rule))
+    assert 16 < want < 96 and full.meta["n_needed"] == want and full.n_prompts == 96  # recorded, not stopped
+    assert np.allclose(full.delta(), [-2.0, -1.0, -0.2], atol=0.3)  # the planted effects came through
+    early = _planted_sweep(model, make_prompts(VOCAB, TaskConfig(**cfg, stop_early=True), bos_id=BOS),
+                           [-2.0, -1.0, -0.2], [3.0, 3.0, 0.5])
+    assert early.n_prompts == want and early.meta["n_drawn"] == 96 and early.summary()["n_needed"] == want
+    assert np.allclose(early.patched["logit_B"], full.patched["logit_B"][:, :want], atol=1e-5)
+    tie = _planted_sweep(model, make_prompts(VOCAB, TaskConfig(**cfg, stop_early=True), bos_id=BOS),
+                         [-1.0, -1.0], [0.5, 0.5])
+    assert tie.meta["n_needed"] is None and tie.n_prompts == 96  # never resolved: the cap is used
+    with pytest.raises(UniversalityError, match="same prompts"):
+        stack([early, full], ["a", "b"], "s")
+
+
+def test_preset_tasks_stop_early_only_at_paper():
+    assert not task_config("smoke").stop_early and not task_config("tiny").stop_early  # tiny numbers unchanged
+    assert task_config("paper").stop_early and task_config("paper").n_prompts == 2048

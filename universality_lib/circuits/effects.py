@@ -9,6 +9,12 @@ difference with its standard error:
 Metric names: ``"logit_B"`` / ``"prob_B"`` (the induction target), and ``"logit_B'"`` / ``"prob_B'"`` when
 the corruption replaced B by B' (the authors' "real" and "fake" logits).
 
+How many prompts a sweep needs follows from that standard error (:class:`~.precision.Precision`): the verdict is
+*resolved* once the top component's and the runner-up's standard errors are both at most ``se_frac`` of the gap
+between their |Δ| (0.1: the gap is at least 10 standard errors of either). A sweep checks the rule after every
+batch and records the first count at which it held (``meta["n_needed"]``); with ``TaskConfig.stop_early`` it also
+stops there (:func:`universality_lib.circuits.patching.sweep`).
+
 Glossary: ``C`` components, ``n`` prompts; ``rows`` x ``cols`` folds the C components into a heat-map grid
 (layers x heads, output positions x input lags ...), row-major.
 """
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UniversalityError
+from .precision import Precision, order
 from .task import Estimate, estimate
 
 
@@ -76,11 +83,7 @@ class Effects:
     def order(self, metric: str = "logit_B", direction: str = "down") -> np.ndarray:
         """Component indices, strongest first: the largest decrease (``"down"``), increase (``"up"``) or
         absolute change (``"abs"``)."""
-        d = self.delta(metric)
-        key = {"down": d, "up": -d, "abs": -np.abs(d)}.get(direction)
-        if key is None:
-            raise UniversalityError(f"direction must be 'down', 'up' or 'abs', got {direction!r}")
-        return np.argsort(key, kind="stable")
+        return order(self.delta(metric), direction)
 
     def top(self, metric: str = "logit_B", direction: str = "down") -> str:
         return self.labels[int(self.order(metric, direction)[0])]
@@ -117,7 +120,13 @@ class Effects:
                 "clean": c.mean, "clean_se": c.se, "patched": float(self.patched_mean(metric)[i]),
                 "delta": float(self.delta(metric)[i]), "delta_se": float(self.delta_se(metric)[i]),
                 "share": self.share(metric, direction), "ratio_to_second": self.ratio_to_second(metric, direction),
-                "n_prompts": self.n_prompts}
+                "n_prompts": self.n_prompts, "n_needed": self.meta.get("n_needed")}
+
+    def resolved(self, rule: "Precision | None" = None) -> bool:
+        """Whether this sweep's prompts meet the stopping rule ``rule`` (default :class:`Precision`())."""
+        rule = rule or Precision()
+        self._check(rule.metric)
+        return rule.resolved(self.delta(rule.metric), self.delta_se(rule.metric), self.n_prompts)
 
     # ------------------------------------------------------------------ tables and grids
     def table(self):
@@ -178,6 +187,10 @@ def stack(parts, rows, experiment: str, columns: str = "labels", meta: dict | No
     for p in parts[1:]:
         if cols_of(p) != cols or set(p.metrics) != set(first.metrics):
             raise UniversalityError(f"stack: {p.experiment} has other components or metrics than {first.experiment}")
+        if p.n_prompts != first.n_prompts:
+            raise UniversalityError(f"stack: {p.experiment} used {p.n_prompts} prompts, {first.experiment} "
+                                    f"{first.n_prompts}: stack sweeps over the same prompts (TaskConfig.stop_early "
+                                    "off, or the same n_prompts)")
         if any(not np.allclose(p.clean[m], first.clean[m]) for m in first.metrics):
             raise UniversalityError(f"stack: {p.experiment} was measured on other prompts (clean values differ)")
     labels = [f"{r} {c}" for r in rows for c in cols]

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UniversalityError
 from .effects import Effects
+from .precision import RunningDelta
 from .task import InductionPrompts, target_scores
 
 Hook = tuple  # (hook_name, fn)
@@ -183,6 +184,10 @@ def sweep(model, prompts: InductionPrompts, corruption: str, cache_names: Iterab
     For each batch: the clean and the corrupted prompts run once with ``cache_names`` cached; the clean
     metric comes from the clean run; then for every component ``make_hooks(component, batch)`` gives the
     hooks of one patched run on the clean prompt.
+
+    After every batch the precision rule of ``prompts.config`` (:meth:`TaskConfig.precision`, on ``logit_B``
+    decreases) is checked; ``meta["n_needed"]`` is the first count at which it held (None: not within the
+    prompts). With ``TaskConfig.stop_early`` the sweep stops there, and the result holds the prompts used.
     """
     run_kwargs = dict(run_kwargs or {})
     cache_names = list(cache_names)
@@ -192,6 +197,7 @@ def sweep(model, prompts: InductionPrompts, corruption: str, cache_names: Iterab
     targets = targets_of(prompts, corrupt_all)
     clean_v: dict[str, list] = {f"{k}_{t}": [] for t in targets for k in ("logit", "prob")}
     patched_v: dict[str, list] = {m: [] for m in clean_v}
+    rule, running, n_needed = prompts.config.precision(), RunningDelta(len(components)), None
     bs = prompts.config.batch_size
     starts = range(0, len(prompts), bs)
     for s in tqdm(starts, desc=experiment, disable=not progress, leave=False):
@@ -214,8 +220,15 @@ def sweep(model, prompts: InductionPrompts, corruption: str, cache_names: Iterab
                 per_comp[f"prob_{t}"].append(pr.numpy())
         for m in per_comp:
             patched_v[m].append(np.stack(per_comp[m]))  # [C, b]
+        running.add(patched_v[rule.metric][-1] - clean_v[rule.metric][-1][None])
+        if n_needed is None and rule.resolved(running.delta(), running.se(), running.n):
+            n_needed = running.n
+            if prompts.config.stop_early:
+                break
     clean_np = {m: np.concatenate(v) for m, v in clean_v.items()}
     patched_np = {m: np.concatenate(v, axis=1) for m, v in patched_v.items()}
-    info = {"corruption": corruption, "n_prompts": len(prompts), "seq_len": prompts.tokens.shape[1]}
+    info = {"corruption": corruption, "n_prompts": running.n, "n_drawn": len(prompts), "n_needed": n_needed,
+            "stop_early": prompts.config.stop_early, "precision_rule": rule.describe(),
+            "seq_len": prompts.tokens.shape[1]}
     info.update(meta or {})
     return Effects(experiment, list(labels), clean_np, patched_np, rows=rows, cols=cols, meta=info)

@@ -37,6 +37,7 @@ import torch
 
 from ..errors import UniversalityError
 from ..presets import Preset, get as get_preset
+from .precision import Precision
 
 CORRUPTIONS = ("random", "b", "ab", "no_repeat")
 
@@ -48,9 +49,14 @@ class TaskConfig:
     seq_len: int = 64  # S: random tokens per prompt, the repeated A at the end included
     max_a_pos: int = 32  # the first A is drawn uniformly in [0, max_a_pos) of the random body
     prepend_bos: bool = True  # the book's models saw BOS at the start of every row; the authors used none
-    n_prompts: int = 512
+    n_prompts: int = 512  # prompts drawn: every sweep's count, or its cap with ``stop_early``
     batch_size: int = 32
     seed: int = 0
+    # the precision rule (circuits.precision.Precision): every sweep records the count at which the top component's
+    # and the runner-up's SEs fell to ``se_frac`` of the gap between their |Δ|; ``stop_early`` stops it there
+    se_frac: float = 0.1
+    min_prompts: int = 256
+    stop_early: bool = False
 
     def __post_init__(self):
         if self.seq_len < 4:
@@ -62,14 +68,21 @@ class TaskConfig:
         if self.n_prompts <= 0 or self.batch_size <= 0:
             raise UniversalityError(f"TaskConfig: n_prompts ({self.n_prompts}) and batch_size ({self.batch_size}) "
                                     "must be positive")
+        self.precision()  # one clear error for a bad se_frac / min_prompts
+
+    def precision(self, metric: str = "logit_B", direction: str = "down") -> Precision:
+        """The stopping rule of this task's sweeps (:class:`~.precision.Precision`)."""
+        return Precision(self.se_frac, self.min_prompts, metric, direction)
 
 
-# Per-preset sizes. The paper drew 65,536 prompts (2,048 for the Mamba layer sweep); on a CPU the tiny
-# models give standard errors far below the effects with a few hundred.
+# Per-preset sizes. The authors drew a fixed 65,536 prompts (2,048 for the Mamba layer sweep). At `paper` the count
+# comes from the precision rule instead: each sweep stops once the dominance verdict is resolved (TaskConfig.se_frac),
+# after 256 prompts at least and 2,048 at most. On a CPU the tiny models give standard errors far below the effects
+# with a few hundred; smoke and tiny run their fixed counts and record the count the rule needed.
 PRESET_TASKS = {
     "smoke": dict(n_prompts=32, batch_size=16),
     "tiny": dict(n_prompts=512, batch_size=64),
-    "paper": dict(n_prompts=2048, batch_size=32, prepend_bos=False),
+    "paper": dict(n_prompts=2048, batch_size=32, prepend_bos=False, stop_early=True),
 }
 
 
