@@ -19,7 +19,7 @@ import torch
 from .errors import UniversalityError
 from .models import family as model_family
 
-__all__ = ["resid_post_hook", "check_hook", "hook_width", "resid_post", "token_mask", "normalise_tokens"]
+__all__ = ["resid_post_hook", "check_hook", "hook_width", "check_rows", "resid_post", "token_mask", "normalise_tokens"]
 
 
 def resid_post_hook(layer: int) -> str:
@@ -48,6 +48,28 @@ def hook_width(model, hook_name: str) -> int:
     return int(cache[hook_name].shape[-1])
 
 
+def check_rows(model, rows, what: str = "rows", min_len: int = 1) -> torch.Tensor:
+    """Raise a clear error unless ``rows`` is an integer tensor [n >= 1, L >= min_len] of token ids that the model's
+    vocabulary holds (checked when the model has ``cfg.d_vocab``); return it as a tensor."""
+    rows = torch.as_tensor(rows)
+    if rows.dim() != 2 or rows.shape[0] == 0 or rows.shape[1] < min_len:
+        raise UniversalityError(
+            f"{what} must be a LongTensor [n, L] with n >= 1 rows of L >= {min_len} token ids, got shape "
+            f"{tuple(rows.shape)}: pass at least one row (e.g. TokenStream.rows(context)).")
+    if rows.dtype.is_floating_point or rows.dtype.is_complex or rows.dtype == torch.bool:
+        raise UniversalityError(
+            f"{what} must hold integer token ids, got dtype {rows.dtype}: pass token ids (model.to_tokens, "
+            f"TokenStream.rows); a dataset of empty texts, for one, gives float rows.")
+    vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    lo, hi = int(rows.min()), int(rows.max())
+    if lo < 0 or (vocab is not None and hi >= vocab):
+        has = f"ids 0..{vocab - 1}" if vocab is not None else "non-negative ids"
+        raise UniversalityError(
+            f"{what} hold token ids {lo}..{hi}, but the model's vocabulary has {has}: tokenize with the model's "
+            f"own tokenizer (corpus.load_tokenizer(preset)).")
+    return rows
+
+
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -59,9 +81,12 @@ def resid_post(model, rows: torch.Tensor, layers, batch_size: int = 16) -> dict[
     One forward pass per batch collects every layer (it stops after the last block asked for).
     """
     layers = [int(layer) for layer in layers]
+    if not layers:
+        raise UniversalityError(f"layers is empty: name at least one block, e.g. layers=range({model.cfg.n_layers}).")
     names = [resid_post_hook(layer) for layer in layers]
     for name in names:
         check_hook(model, name)
+    rows = check_rows(model, rows)
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     stop = max(layers) + 1
     dev = _device(model)

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .activations import check_rows
+from .errors import UniversalityError
+
 
 def repeated_random_tokens(vocab: torch.Tensor, n: int, seq_len: int, bos_id: int,
                            seed: int = 0) -> torch.Tensor:
@@ -35,6 +38,7 @@ def repeated_text_tokens(stream_tokens: torch.Tensor, n: int, seq_len: int, bos_
 
 def per_position_loss(model, tokens: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     """Next-token loss at every position: FloatTensor [n, L-1] (position i predicts token i+1)."""
+    tokens = check_rows(model, tokens, "tokens", min_len=2)  # one token (an empty text's BOS) has no next token
     out = []
     with torch.no_grad():
         for i in range(0, len(tokens), batch_size):
@@ -59,7 +63,11 @@ class InductionCheck:
 
 def induction_check(model, tokens: torch.Tensor, threshold: float = 0.5) -> InductionCheck:
     """Compare the loss on the first copy with the loss on the repeat (rows from the helpers above)."""
+    tokens = check_rows(model, tokens, "tokens")
     S = (tokens.shape[1] - 1) // 2
+    if tokens.shape[1] != 2 * S + 1 or S < 2:
+        raise UniversalityError(f"tokens must be rows [BOS] x_1..x_S x_1..x_S of length 2S + 1 with S >= 2, got length "
+                                f"{tokens.shape[1]}: make them with repeated_random_tokens(vocab, n, seq_len >= 2, bos_id).")
     loss = per_position_loss(model, tokens)  # [n, 2S]; column j predicts token j+1
     # skip the first token of each copy: the first is unpredictable, the repeat's first is ambiguous
     first = loss[:, 1:S].mean().item()
