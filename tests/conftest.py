@@ -28,6 +28,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium's path, for the tests that open pages in a browser. Without one the test is skipped, but
+    fails under CI (``CI`` set): .ci/run installs Debian's ``chromium``, so the pages are always drawn there."""
+    path = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    if path is None:
+        msg = "no headless Chromium on the PATH (Debian: apt-get install chromium; .ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{msg}: under CI the browser tests must run, not skip")
+        pytest.skip(msg)
+    return path
+
+
 @pytest.fixture
 def results_env(tmp_path, monkeypatch):
     """A private results directory (UNIVERSALITY_RESULTS_DIR) with no chapter/preset set."""

@@ -5,6 +5,7 @@ executes every chapter of the real book at the ``smoke`` preset (the CI notebook
 """
 from __future__ import annotations
 
+import html as html_lib
 import json
 import re
 import shutil
@@ -16,7 +17,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from universality_lib import book
+from universality_lib import book, report, views
 from universality_lib.book import build_book, chapter_notebooks, main
 from universality_lib.errors import UniversalityError
 from universality_lib.results import load_results
@@ -48,7 +49,8 @@ def _mini_book(root: Path, *, failing: bool = False, offline: bool = False) -> P
         (root / "_config.yml").write_text(CONFIG)
     chapters = ["  - file: book/ok"] + (["  - file: book/broken"] if failing else [])
     (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n" + "\n".join(chapters) + "\n")
-    (root / "book" / "intro.md").write_text("# Mini book\n\nHello.\n")
+    front = "\n```{front-page}\n```\n" if offline else ""
+    (root / "book" / "intro.md").write_text(f"# Mini book\n\nHello.\n{front}")
     (root / "book" / "data.txt").write_text("side file\n")  # non-page files are copied too
     ok = _notebook(
         new_code_cell('preset = "tiny"', metadata={"tags": ["parameters"]}),
@@ -71,6 +73,7 @@ def _mini_book(root: Path, *, failing: bool = False, offline: bool = False) -> P
                 "from universality_lib import views\n"
                 'views.show(cv.tokens.colored_tokens(tokens=["offline", " view"], values=[0.2, 0.9]))'
             ),
+            new_code_cell("import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0])\nplt.show()"),
         ]
     nbformat.write(ok, root / "book" / "ok.ipynb")
     if failing:
@@ -108,6 +111,7 @@ def test_runner_on_mini_book(mini_html):
     # the source notebook is untouched
     src = nbformat.read(root / "book" / "ok.ipynb", as_version=4)
     assert not any("injected-parameters" in c.metadata.get("tags", []) for c in src.cells)
+    assert not any("remove-cell" in c.metadata.get("tags", []) for c in src.cells)
 
     res = load_results(base / "results")
     assert list(res) == ["ok"]  # UNIVERSALITY_CHAPTER = notebook stem
@@ -125,6 +129,38 @@ def test_runner_on_mini_book(mini_html):
     assert timings["html_seconds"] is not None
 
 
+def test_parameters_cells_are_kept_but_not_shown(mini_html):
+    """The notebook's own parameters cell and papermill's injected one stay in the executed notebook, tagged
+    remove-cell, and the page shows neither."""
+    _, out, index = mini_html
+    executed = nbformat.read(out / "smoke" / "book" / "book" / "ok.ipynb", as_version=4)
+    params = [c for c in executed.cells if set(book.PARAMETER_TAGS) & set(c.metadata.get("tags", []))]
+    assert len(params) == 2 and all("remove-cell" in c.metadata.tags for c in params)
+    page = (index.parent / "book" / "ok.html").read_text(encoding="utf-8")
+    assert "preset is smoke" in page  # the other cells are there
+    for tag in book.PARAMETER_TAGS:
+        assert f"tag_{tag}" not in page, f"the {tag} cell is on the page"
+    assert not book.hide_parameter_cells(out / "smoke" / "book" / "book" / "ok.ipynb")  # already tagged: no rewrite
+
+
+def test_front_page_shows_the_claims_and_a_figure_per_chapter(mini_html):
+    """The intro's {front-page}: the claims of this run as a table (one row per claim), the preset, and the
+    chapter's figure linking to the chapter."""
+    _, _, index = mini_html
+    page = (index.parent / "book" / "intro.html").read_text(encoding="utf-8")
+    tables = _tables(page)
+    assert [t["ids"] for t in tables] == [[c.id for c in report.CLAIMS]]
+    assert tables[0]["head"] == ["", "claim", "paper (source)", "this run", "status"]
+    assert "preset <strong>smoke</strong>" in page
+    assert re.search(r'<a href="ok\.html"><img src="data:image/png;base64,[A-Za-z0-9+/=]{100,}"', page)
+    assert book.external_resources(index.parent) == []
+
+
+def test_front_page_without_results(tmp_path):
+    html = book.front_page_html(tmp_path, "book/intro", directory=tmp_path / "no-results")
+    assert "No chapter has recorded results" in html and "<table" not in html
+
+
 def test_built_html_is_offline(mini_html):
     """The build serves MathJax from _static/mathjax/ and inlines circuitsvis: no page fetches from another host."""
     _, _, index = mini_html
@@ -138,20 +174,21 @@ def test_built_html_is_offline(mini_html):
     assert 'src="../_static/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"' in page
     assert r"\(a^2 + b^2 = c^2\)" in page  # the delimiters _config.yml's tex2jax settings look for
     assert "CircuitsVis.render(" in page and "unpkg.com/circuitsvis" not in page
+    # circuitsvis's bundle: one shared copy in _static/, loaded by a classic script before the views
+    assert views.bundle() not in page and "var CircuitsVis=" not in page
+    assert page.count('<script src="../_static/circuitsvis.js"></script>') == 1
+    assert page.index('src="../_static/circuitsvis.js"') < page.index("CircuitsVis.render(")
+    assert (site / "_static" / views.BUNDLE_FILE).read_text(encoding="utf-8") == views.bundle()
+    assert len(page.encode()) < 200_000  # the 1.3 MB bundle is not in the page
     assert 'href="https://colab.research.google.com/' in page  # a plain link (the launch button) is fine
 
 
-def _chromium() -> str | None:
-    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-
-
-@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium on this machine")
-def test_built_html_renders_with_no_network(mini_html):
+def test_built_html_renders_with_no_network(mini_html, chromium):
     """Headless Chromium with every host name unresolvable: MathJax typesets the formulas and the circuitsvis view
     draws its tokens."""
     _, _, index = mini_html
     page = index.parent / "book" / "ok.html"
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND",
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND",
            "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     assert 'id="MathJax-Element-1-Frame"' in dom and 'class="MathJax_Display"' in dom  # inline and displayed maths
@@ -261,6 +298,89 @@ def test_real_toc_lists_notebooks():
         assert 'preset = "tiny"' in code[1].source, f"{nb.name}: parameters cell must set preset = \"tiny\""
 
 
+def _tables(page: str) -> list[dict]:
+    """The ``<table>`` elements of an HTML page: their header cells (``head``), the number of body rows (``rows``)
+    and the text of each body row's first cell (``ids``)."""
+    from html.parser import HTMLParser
+
+    tables: list[dict] = []
+
+    class Scan(HTMLParser):
+        part = cell = None  # the open <thead> / <tbody>; the cell whose text is collected ("head", "id")
+        first = False  # the next cell is its row's first
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                tables.append({"head": [], "rows": 0, "ids": []})
+            elif tag in ("thead", "tbody"):
+                self.part = tag
+            elif tag == "tr" and self.part == "tbody":
+                tables[-1]["rows"] += 1
+                self.first = True
+            elif tag in ("th", "td") and self.part == "thead":
+                tables[-1]["head"].append("")
+                self.cell = "head"
+            elif tag in ("th", "td") and self.part == "tbody" and self.first:
+                tables[-1]["ids"].append("")
+                self.cell, self.first = "id", False
+
+        def handle_data(self, data):
+            if self.cell:
+                tables[-1]["head" if self.cell == "head" else "ids"][-1] += data
+
+        def handle_endtag(self, tag):
+            if tag in ("th", "td"):
+                self.cell = None
+            elif tag in ("thead", "tbody"):
+                self.part = None
+
+    Scan(convert_charrefs=True).feed(page)
+    return tables
+
+
+_DELIMITER = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)+\|?\s*$")
+
+
+def _markdown_tables(text: str) -> list[int]:
+    """The number of body rows of every pipe table in Markdown text (outside fenced code)."""
+    lines, out, fenced = text.splitlines(), [], False
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if not fenced and i and _DELIMITER.match(line.strip()) and lines[i - 1].lstrip().startswith("|"):
+            rows = 0
+            while i + 1 + rows < len(lines) and lines[i + 1 + rows].lstrip().startswith("|"):
+                rows += 1
+            out.append(rows)
+    return out
+
+
+def _expected_tables(page: Path) -> list[int]:
+    """Body-row counts of the tables a page's source holds: pipe tables in its Markdown (cells and Markdown
+    outputs) and the HTML tables (DataFrames, the claims table) its cells displayed."""
+    if page.suffix == ".md":
+        return _markdown_tables(page.read_text(encoding="utf-8"))
+    counts: list[int] = []
+    for cell in nbformat.read(page, as_version=4).cells:
+        if cell.cell_type == "markdown":
+            counts += _markdown_tables(cell.source)
+        for o in cell.get("outputs", []):
+            data = o.get("data", {})
+            counts += _markdown_tables(data.get("text/markdown", ""))
+            counts += [t["rows"] for t in _tables(data.get("text/html", ""))]
+    return counts
+
+
+def test_table_helpers():
+    md = "x\n\n| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n\n```\n| c |\n|---|---|\n```\n"
+    assert _markdown_tables(md) == [2]
+    rows = report.claim_rows(results={})
+    t = _tables(report.to_html(rows))
+    assert t == [{"head": list(report.COLUMNS.values()), "rows": len(rows), "ids": [r["id"] for r in rows]}]
+    with pytest.raises(UniversalityError, match="columns must be some of"):
+        report.to_html(rows, columns=("id", "verdict"))
+
+
 @pytest.mark.notebooks
 def test_every_notebook_at_smoke(tmp_path):
     index = build_book(preset="smoke", out=tmp_path, html=True, reuse=False)
@@ -272,3 +392,26 @@ def test_every_notebook_at_smoke(tmp_path):
         html = executed / "_build" / "html" / rel.with_suffix(".html")
         assert html.exists(), f"{rel} has no HTML page"
     assert book.external_resources(index.parent) == []  # the whole book works offline
+    site = index.parent
+    for page in book.toc_pages(executed):
+        built = site / page.relative_to(executed).with_suffix(".html")
+        text = built.read_text(encoding="utf-8")
+        # light pages: circuitsvis's bundle is shared (_static/), not inlined
+        assert len(text.encode()) <= 1_000_000, f"{built.name}: {len(text.encode()):,} bytes"
+        assert "var CircuitsVis=" not in text
+        # every table of the source is a <table> on the page, with its rows; no paragraph of pipes is left
+        found = sorted(t["rows"] for t in _tables(text))
+        for rows in _expected_tables(page):
+            assert rows in found, f"{built.name}: no <table> with {rows} rows (tables: {found})"
+            found.remove(rows)
+        assert not re.search(r"<p>[^<]*\|\s*[-\u2013\u2014]+\s*\|", text), f"{built.name}: a Markdown table left as text"
+    # the report page and the front page: one row per claim, this run's values
+    rows = report.claim_rows(tmp_path / "smoke" / "results")
+    ids = [r["id"] for r in rows]
+    assert ids in [t["ids"] for t in _tables((site / "book" / "99_reproduction_report.html").read_text())]
+    front = (site / "book" / "intro.html").read_text(encoding="utf-8")
+    assert ids in [t["ids"] for t in _tables(front)]
+    for r in rows:
+        assert html_lib.escape(r["this_run"]) in front
+    figures = re.findall(r'<a href="([^"]+)"><img src="data:image/', front)
+    assert figures and set(figures) <= {nb.name.replace(".ipynb", ".html") for nb in chapter_notebooks()}

@@ -5,7 +5,6 @@ the page's own controls and writes what the table shows into the DOM, read back 
 import html
 import json
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -17,8 +16,6 @@ from universality_lib import explorer
 from universality_lib.errors import UniversalityError
 from universality_lib.feature_sample import FeatureSample
 from universality_lib.similarity import MPPCResult
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 class Tok:
@@ -101,11 +98,10 @@ def test_page_is_self_contained(tmp_path):
     assert "explorer.html" in explorer.PAGE_NAME and explorer.pair_html(data["pairs"][0], data).count("<span") > 0
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package")
-def test_page_in_headless_chromium(tmp_path):
+def test_page_in_headless_chromium(tmp_path, chromium):
     data, path = _page(tmp_path)
     url = path.resolve().as_uri() + "?selftest=1&mppc_min=0.4&layer_a=1&freq_max=0.1"
-    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
                           capture_output=True, text=True, timeout=120)
     m = re.search(r'<pre id="selftest">(.*?)</pre>', proc.stdout, re.S)
     assert m, f"no self-test output (exit {proc.returncode}): {proc.stderr[-500:]}"

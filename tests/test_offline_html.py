@@ -73,3 +73,15 @@ def test_copy_mathjax(tmp_path):
     assert done == tmp_path / "_static" / book.MATHJAX_DIR / "MathJax.js"
     assert done.read_bytes() == (book.mathjax_source() / "MathJax.js").read_bytes()
     assert (done.parent / "config" / "TeX-AMS-MML_HTMLorMML-full.js").is_file()
+
+
+def test_share_bundle_keeps_one_script_for_every_view(view):
+    other = cv_tokens.colored_tokens(tokens=["b"], values=[0.3])
+    page = "<p>text</p>" + views.html(view) + "<p>more</p>" + views.html(other)
+    assert page.count(views.bundle()) == 2
+    shared = views.share_bundle(page, "../_static/" + views.BUNDLE_FILE)
+    assert views.bundle() not in shared and "var CircuitsVis=" not in shared
+    assert shared.startswith('<script src="../_static/circuitsvis.js"></script>')  # classic: runs before the modules
+    assert shared.count("CircuitsVis.render(") == 2 and shared.count('<script crossorigin type="module">') == 2
+    assert len(shared) < len(page) - 2 * 1_000_000
+    assert views.share_bundle("<p>no view</p>", "x.js") == "<p>no view</p>"

@@ -9,7 +9,8 @@
    directory = the notebook's folder in the copy, environment ``UNIVERSALITY_RESULTS_DIR=
    <out>/<preset>/results``, ``UNIVERSALITY_PRESET``, ``UNIVERSALITY_CHAPTER=<notebook stem>``),
    writing the executed notebook over the copy; ``.md`` pages are used as they are;
-5. if ``html``, runs ``jupyter-book build`` on the copy with execution off (``_config.yml`` says
+5. if ``html``, tags the parameters cells of the executed copies ``remove-cell`` (:func:`hide_parameter_cells`),
+   then runs ``jupyter-book build`` on the copy with execution off (``_config.yml`` says
    ``execute_notebooks: "off"``: papermill has already run everything);
 6. writes ``<out>/<preset>/timings.json`` and returns the path of ``index.html`` (or of the
    executed book folder when ``html=False``).
@@ -29,8 +30,13 @@ chapter opened from the book's launch button works before ``universality_lib`` e
 Offline HTML: listed in ``_config.yml`` under ``sphinx.extra_extensions``, this module is also a Sphinx
 extension (:func:`setup`). When ``mathjax_path`` points at ``mathjax/...`` it copies MathJax 2 (the static files of
 the pinned ``jupyter-server-mathjax`` package) into the build's ``_static/mathjax/``, so formulas render with no
-network. circuitsvis views are inlined by :mod:`universality_lib.views`. :func:`external_resources` lists what a
-built page would still fetch from another host (the build prints a warning when anything does).
+network. It writes circuitsvis's bundle once to ``_static/circuitsvis.js`` and takes the inlined copies out of every
+page (:func:`universality_lib.views.share_bundle`), so each view loads the shared one. :func:`external_resources`
+lists what a built page would still fetch from another host (the build prints a warning when anything does).
+
+Front page: the directive ``{front-page}`` (in ``book/intro.md``) puts :func:`front_page_html` there: the claims
+table of the run whose results the build reads (the runner points it at this run's), its preset, and the first
+figure of every chapter, linking to it. :func:`site_url` is where ``.github/workflows/pages.yml`` publishes the book.
 
 The kernel is always the interpreter running this function (``sys.executable``): a kernelspec
 named ``python3`` pointing at it is written to ``<out>/<preset>/.jupyter`` and put first on
@@ -67,6 +73,18 @@ KERNEL_NAME = "python3"
 # The repository the Colab cell installs from; must equal `repository.url` in _config.yml (a test checks).
 REPO_URL = "https://github.com/universality-book/universality"
 COLAB_TAG = "colab-setup"
+
+
+def site_url(repo_url: str = REPO_URL) -> str:
+    """The book's GitHub Pages address for a GitHub repository URL (``.github/workflows/pages.yml`` deploys there):
+    ``https://github.com/OWNER/NAME`` -> ``https://OWNER.github.io/NAME/`` (``OWNER.github.io`` itself: the root)."""
+    m = re.fullmatch(r"https://github\.com/([A-Za-z0-9-]+)/([A-Za-z0-9._-]+?)(?:\.git)?/?", repo_url)
+    if m is None:
+        raise UniversalityError(f"site_url takes a GitHub repository URL like https://github.com/OWNER/NAME, got "
+                                f"{repo_url!r}: fix `repository.url` in _config.yml.")
+    owner, name = m.groups()
+    host = f"{owner.lower()}.github.io"
+    return f"https://{host}/" if name.lower() == host else f"https://{host}/{name}/"
 # The first code cell of every chapter: self-contained (universality_lib is not installed in a fresh Colab yet).
 COLAB_CELL = f"""\
 # Colab set-up: installs the companion library from its repository when this runs in Colab; does nothing elsewhere.
@@ -246,6 +264,28 @@ def ensure_colab_cell(nb_path: str | os.PathLike) -> bool:
     nbformat.validate(nb)
     nbformat.write(nb, nb_path)
     return True
+
+
+PARAMETER_TAGS = ("parameters", "injected-parameters")  # the notebook's own parameters cell, and papermill's
+
+
+def hide_parameter_cells(nb_path: str | os.PathLike) -> bool:
+    """Tag the parameters cells of an executed notebook (its own ``preset = "tiny"`` and the one papermill injected
+    after it) ``remove-cell``, so the rendered page does not show two contradicting presets; the cells stay in the
+    notebook. Writes the file only when something changed; returns whether it did."""
+    import nbformat
+
+    nb_path = Path(nb_path)
+    nb = nbformat.read(nb_path, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if set(PARAMETER_TAGS) & set(tags) and "remove-cell" not in tags:
+            cell.setdefault("metadata", {})["tags"] = [*tags, "remove-cell"]
+            changed = True
+    if changed:
+        nbformat.write(nb, nb_path)
+    return changed
 
 
 def machine() -> str:
@@ -570,11 +610,15 @@ def build_book(
 
     result = book_dir
     if html:
+        for nb in selected:
+            hide_parameter_cells(book_dir / nb.relative_to(root))
         t0 = time.perf_counter()
         cmd = [*_jupyter_book_cmd(), "build", str(book_dir)]
         print("Building HTML: " + " ".join(cmd), flush=True)
-        # Sphinx loads this package as an extension (_config.yml): make it importable without a pip install
-        env = {**os.environ, "PYTHONPATH": _prepend_path("PYTHONPATH", str(ROOT))}
+        # Sphinx loads this package as an extension (_config.yml): make it importable without a pip install; the
+        # front page ({front-page}) reads this run's results
+        env = {**os.environ, "PYTHONPATH": _prepend_path("PYTHONPATH", str(ROOT)),
+               "UNIVERSALITY_RESULTS_DIR": str(results_path), "UNIVERSALITY_PRESET": preset}
         proc = subprocess.run(cmd, cwd=str(book_dir), capture_output=True, text=True, env=env)
         timings["html_seconds"] = round(time.perf_counter() - t0, 2)
         index = book_dir / "_build" / "html" / "index.html"
@@ -644,11 +688,114 @@ def _sphinx_copy_mathjax(app, exception) -> None:
     copy_mathjax(Path(app.outdir) / "_static")
 
 
+def _sphinx_share_circuitsvis(app, pagename, templatename, context, doctree) -> None:
+    """``html-page-context``: the page's circuitsvis views load the one shared bundle (:func:`views.share_bundle`)."""
+    from . import views
+
+    if context.get("body"):
+        context["body"] = views.share_bundle(context["body"], context["pathto"](f"_static/{views.BUNDLE_FILE}", 1))
+
+
+def _sphinx_write_circuitsvis(app, exception) -> None:
+    """``build-finished``: write the shared bundle to ``_static/circuitsvis.js``."""
+    from . import views
+
+    if exception is None and app.builder.format == "html":
+        (Path(app.outdir) / "_static" / views.BUNDLE_FILE).write_text(views.bundle(), encoding="utf-8")
+
+
 def setup(app) -> dict:
     """Sphinx entry point (``sphinx.extra_extensions: [universality_lib.book]`` in ``_config.yml``)."""
+    from docutils import nodes
+    from sphinx.util.docutils import SphinxDirective
+
     mathjax_source()  # fail at start-up, not after the whole build, when the package is missing
+
+    class FrontPage(SphinxDirective):
+        """``{front-page}``: :func:`front_page_html` for the page it sits on."""
+
+        def run(self):
+            return [nodes.raw("", front_page_html(self.env.srcdir, self.env.docname), format="html")]
+
+    app.add_directive("front-page", FrontPage)
     app.connect("build-finished", _sphinx_copy_mathjax)
+    app.connect("html-page-context", _sphinx_share_circuitsvis)
+    app.connect("build-finished", _sphinx_write_circuitsvis)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+# ----------------------------------------------------------------------------------------------
+# the front page: the last run's claims and one figure per chapter
+
+
+def _first_figure(nb) -> tuple[str, str] | None:
+    """(MIME type, base64 data) of a notebook's first PNG / JPEG / SVG output, or None."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            for mime in ("image/png", "image/jpeg"):
+                if mime in data:
+                    return mime, "".join(data[mime]).replace("\n", "")
+    return None
+
+
+def _title(nb, fallback: str) -> str:
+    """The first Markdown heading of a notebook."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            m = re.search(r"^#+\s+(.+)$", cell.source, re.M)
+            if m:
+                return m.group(1).strip()
+    return fallback
+
+
+def front_page_html(book_root: str | os.PathLike, docname: str, directory: str | os.PathLike | None = None) -> str:
+    """The front page's block (HTML): the claims table of the last run (claim, paper, this run, status), the
+    preset it came from, and the first figure of every executed chapter, each linking to its chapter.
+
+    ``book_root``: the book (with ``_toc.yml``) whose executed notebooks hold the figures; ``docname``: the page's
+    name in it (``book/intro``), for the links; ``directory``: the results folder (default:
+    :func:`universality_lib.results.results_dir`, which the runner points at this run's results)."""
+    import html as _html
+    import posixpath
+
+    import nbformat
+
+    from . import report
+    from . import results as _results
+
+    book_root = Path(book_root)
+    directory = _results.results_dir(directory)
+    res = _results.load_results(directory)
+    if not res:
+        return (f"<p><em>No chapter has recorded results in {_html.escape(str(directory))} yet: build the book "
+                "with <code>make book</code> (or <code>python -m universality_lib book</code>) to fill this page."
+                "</em></p>")
+    timings = report.load_timings(directory) or {}  # the runner's: the preset the run was asked for
+    rows = report.claim_rows(results=res, preset=timings.get("preset"))
+    preset = timings.get("preset") or ", ".join(sorted({r["preset"] for r in rows if r["preset"]}))
+    tested = [r for r in rows if r["status"] in (report.HELD, report.NOT_HELD)]
+    held = sum(r["status"] == report.HELD for r in tested)
+    when = f", started {timings['started']} on {timings['machine']}" if timings.get("started") else ""
+    parts = [f"<p>The last run of this book: preset <strong>{_html.escape(preset)}</strong>{_html.escape(when)}. "
+             f"Of the {len(tested)} claims it tested, {held} held.</p>",
+             report.to_html(rows, columns=("id", "claim", "paper", "this_run", "status")),
+             '<div class="front-figures" style="display: grid; grid-template-columns: repeat(auto-fill, '
+             'minmax(16em, 1fr)); gap: 1em; margin-top: 1em;">']
+    here = posixpath.dirname(docname)
+    for nb_path in chapter_notebooks(book_root):
+        nb = nbformat.read(nb_path, as_version=4)
+        fig = _first_figure(nb)
+        if fig is None:
+            continue
+        href = _html.escape(posixpath.relpath(nb_path.relative_to(book_root).with_suffix(".html").as_posix(),
+                                              here or "."))
+        title = _html.escape(_title(nb, nb_path.stem))
+        parts.append(f'<figure style="margin: 0;"><a href="{href}"><img src="data:{fig[0]};base64,{fig[1]}" '
+                     f'alt="{title}" style="width: 100%;"></a><figcaption><a href="{href}">{title}</a>'
+                     "</figcaption></figure>")
+    parts.append("</div>")
+    return "\n".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------

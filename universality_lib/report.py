@@ -64,7 +64,7 @@ from . import results as _results
 from .errors import UniversalityError
 
 __all__ = ["Claim", "CLAIMS", "HELD", "NOT_HELD", "NOT_RUN", "MISSING", "NO_VERDICT", "NOT_TESTABLE",
-           "claim_rows", "missing_chapters", "load_timings", "timings_rows", "to_markdown", "to_text",
+           "claim_rows", "missing_chapters", "load_timings", "timings_rows", "to_markdown", "to_html", "to_text",
            "format_value", "add_arguments", "run", "main"]
 
 HELD, NOT_HELD, NOT_RUN = "held", "did not hold", "not run yet"
@@ -251,8 +251,10 @@ def timings_rows(timings: dict | None) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- rendering
-_STATUS_MARK = {HELD: "held", NOT_HELD: "**did not hold**", NOT_RUN: "*not run yet*", MISSING: "**missing result**",
-                NO_VERDICT: "no verdict", NOT_TESTABLE: "*not testable here*"}
+# how each status stands out: "strong" (bold) for a failure, "em" (italic) for a row with no run, "" plain
+_EMPHASIS = {HELD: "", NOT_HELD: "strong", NOT_RUN: "em", MISSING: "strong", NO_VERDICT: "", NOT_TESTABLE: "em"}
+_MD_MARK = {"": "", "strong": "**", "em": "*"}
+_STATUS_MARK = {s: f"{_MD_MARK[e]}{s}{_MD_MARK[e]}" for s, e in _EMPHASIS.items()}
 
 
 def _md_cell(text: str) -> str:
@@ -267,6 +269,35 @@ def to_markdown(rows: list[dict]) -> str:
         f"{_md_cell(r['paper'])} ({_md_cell(r['source'])}) | {_md_cell(r['this_run'] or '-')} | "
         f"{_md_cell(r['preset'] or '-')} | {_STATUS_MARK.get(r['status'], r['status'])} |\n" for r in rows)
     return head + body
+
+
+# the columns of the HTML table, with their headings (the order they appear in)
+COLUMNS = {"id": "", "claim": "claim", "criterion": "criterion", "paper": "paper (source)", "this_run": "this run",
+           "preset": "preset", "status": "status"}
+
+
+def to_html(rows: list[dict], columns: Sequence[str] = tuple(COLUMNS)) -> str:
+    """The claims as an HTML ``<table class="claims">``, one body row per claim (for the book's pages, where a
+    Markdown table printed by a cell is not parsed as a table). ``columns``: some of :data:`COLUMNS`, in order."""
+    import html
+
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown or not columns:
+        raise UniversalityError(f"report.to_html: columns must be some of {list(COLUMNS)}, got {list(columns)}.")
+
+    def cell(r: dict, c: str) -> str:
+        if c == "id":
+            return f'<th scope="row">{html.escape(r["id"])}</th>'
+        if c == "status":
+            tag, text = _EMPHASIS.get(r["status"], ""), html.escape(r["status"])
+            slug = r["status"].replace(" ", "-")
+            return f'<td class="status-{slug}">' + (f"<{tag}>{text}</{tag}>" if tag else text) + "</td>"
+        text = f"{r['paper']} ({r['source']})" if c == "paper" else (r[c] or "-")
+        return f"<td>{html.escape(str(text))}</td>"
+
+    head = "".join(f'<th scope="col">{html.escape(COLUMNS[c])}</th>' for c in columns)
+    body = "".join("<tr>" + "".join(cell(r, c) for c in columns) + "</tr>\n" for r in rows)
+    return f'<table class="claims">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>'
 
 
 def to_text(rows: list[dict], width: int = 100) -> str:
