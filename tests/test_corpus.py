@@ -8,7 +8,7 @@ from universality_lib.errors import OfflineError, StreamMismatchError, Universal
 
 def test_splits_are_disjoint_cover_everything_and_are_stable():
     docs = corpus.documents("smoke")
-    parts = {s: corpus.documents("smoke", s) for s in corpus.SPLITS}
+    parts = {s: corpus.documents("smoke", s) for s in corpus.split_names("smoke")}
     assert all(parts.values()), "every split must hold documents"
     keys = [set(p) for p in parts.values()]
     assert sum(len(k) for k in keys) == len(docs) and set().union(*keys) == set(docs)

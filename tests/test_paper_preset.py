@@ -101,7 +101,7 @@ def test_tokenizer_and_corpus_from_local_folders(standins):
     p = standins["preset"]
     tok = corpus.load_tokenizer(p)
     assert corpus.tokenizer_hash(tok) == corpus.tokenizer_hash(standins["tokenizer"])
-    split_docs = {s: corpus.documents(p, s) for s in corpus.SPLITS}
+    split_docs = {s: corpus.documents(p, s) for s in corpus.split_names(p)}
     # paper trains no language model: the corpus goes to the SAEs (90%) and the held-out eval split (10%)
     assert not split_docs["lm_train"] and split_docs["sae_train"] and split_docs["eval"]
     assert sum(len(d) for d in split_docs.values()) == 120
@@ -453,7 +453,7 @@ def test_off_by_one_on_the_paper_preset(standins, models, induction):
 def test_the_splits_of_a_hub_corpus_are_different_token_streams(standins):
     p = standins["preset"]
     tok = corpus.load_tokenizer(p)
-    sizes = {s: len(corpus.documents(p, s)) for s in corpus.SPLITS}
+    sizes = {s: len(corpus.documents(p, s)) for s in corpus.split_names(p)}
     assert sizes["lm_train"] == 0 and sizes["sae_train"] > 0 and sizes["eval"] > 0  # paper trains no LM
     streams = {s: corpus.token_stream(p, s, tok) for s in ("sae_train", "eval")}
     assert streams["sae_train"].sha256 != streams["eval"].sha256

@@ -5,9 +5,15 @@ Offline default corpus: the Python standard library source of the running interp
 * Files: every ``*.py`` under ``sysconfig.get_paths()["stdlib"]`` that decodes as UTF-8, in sorted
   path order, **test folders included** (they are ordinary Python and add about a third of the text);
   ``site-packages``, ``__pycache__`` and the machine-specific ``_sysconfigdata_*`` files are left out.
-* Splits: a document (one file) goes to ``lm_train``, ``sae_train`` or ``eval`` by a stable hash of its
-  path relative to the stdlib root, so the splits are disjoint and identical on every machine with the
-  same Python version.
+* English text (``CorpusConfig.text_sources``): pinned packages of public-domain and freely licensed prose
+  and documentation, fetched by name and extracted by :mod:`universality_lib.sources`. A text document's id is
+  ``text/<source>/<doc>``, a code document's ``code/<path>`` (plain ``<path>`` when the corpus is code only).
+* Mixing weights: in the training splits (``lm_train``, ``sae_train``) each document is read ``weight`` times
+  (its source's weight; ``CorpusConfig.code_weight`` for code; a fractional part picks a stable share of the
+  documents to read once more), in a stable shuffled order. ``eval`` and ``heldout`` read each document once.
+* Splits: a document goes to ``lm_train``, ``sae_train``, ``eval`` or ``heldout`` by a stable hash of its id,
+  so the splits are disjoint and identical on every machine with the same Python version. ``heldout`` is
+  read by no model and no SAE: it is for the natural-text checks (prose and code reported separately).
 * A manifest (file count, bytes, sha256 of the paths and contents) is saved next to anything trained on
   it. Another Python version has a slightly different standard library: the shipped tokenizer and models
   still work, the manifest just differs (``compare_manifest`` says how).
@@ -36,12 +42,14 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import cache, hub
+from . import cache, hub, sources
 from .errors import StreamMismatchError, UniversalityError
 from .presets import Preset, get as get_preset
 
 EOT = "<|endoftext|>"
-SPLITS = ("lm_train", "sae_train", "eval")
+SPLITS = ("lm_train", "sae_train", "eval", "heldout")
+WEIGHTED_SPLITS = ("lm_train", "sae_train")  # the training splits, where mixing weights apply
+KINDS = ("code", "text")
 
 
 # ----------------------------------------------------------------------------- documents
@@ -102,6 +110,37 @@ def hub_documents(name: str, split: str = "train", text_column: str = "text",
         raise
 
 
+def split_names(preset: "str | Preset") -> list[str]:
+    """The splits a preset's corpus has (a share in ``CorpusConfig.splits``), in order."""
+    return [name for name, _ in get_preset(preset).corpus.splits]
+
+
+def kind_of(doc_id: str) -> str:
+    """``"text"`` for English text from a package source, ``"code"`` for source code."""
+    return "text" if doc_id.startswith("text/") else "code"
+
+
+def doc_weight(doc_id: str, preset: "str | Preset") -> float:
+    """How many times a training split reads this document per pass (its source's mixing weight)."""
+    c = get_preset(preset).corpus
+    if doc_id.startswith("text/"):
+        return sources.get(doc_id.split("/", 2)[1]).weight
+    return c.code_weight
+
+
+def _repeats(doc_id: str, weight: float) -> int:
+    """``weight`` as a whole number of reads: the integer part, plus one for a stable share of documents."""
+    whole, frac = int(weight), weight - int(weight)
+    u = int(hashlib.sha256(b"weight:" + doc_id.encode()).hexdigest()[:8], 16) / 16**8
+    return whole + (u < frac)
+
+
+def weighted_order(docs: dict[str, str], preset: "str | Preset") -> list[str]:
+    """The document ids of a training split, each repeated per its weight, in a stable shuffled order."""
+    reads = [(d, r) for d in docs for r in range(_repeats(d, doc_weight(d, preset)))]
+    return [d for d, r in sorted(reads, key=lambda dr: hashlib.sha256(f"{dr[0]}#{dr[1]}".encode()).digest())]
+
+
 def split_source(preset: "str | Preset", split: str) -> str | None:
     """The dataset a split reads when it is not a share of ``CorpusConfig.source``: ``sae_source`` for
     ``sae_train`` and ``mppc_source`` for ``eval`` (the paper: SAEs on a Pile subset, MPPC on OpenWebText), when
@@ -111,20 +150,33 @@ def split_source(preset: "str | Preset", split: str) -> str | None:
     return other if other and other != c.source else None
 
 
-def documents(preset: "str | Preset", split: str | None = None) -> dict[str, str]:
-    """The documents of a preset's corpus, optionally only one split. A split with its own dataset
-    (:func:`split_source`) is that dataset's first ``CorpusConfig.split_source_max_docs`` documents."""
-    p = get_preset(preset)
-    c = p.corpus
+def _check_split(split: str | None, kind: str | None = None) -> None:
     if split is not None and split not in SPLITS:
         raise UniversalityError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    if kind is not None and kind not in KINDS:
+        raise UniversalityError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)} (or None for both)")
+
+
+def documents(preset: "str | Preset", split: str | None = None, kind: str | None = None) -> dict[str, str]:
+    """The documents of a preset's corpus, optionally only one split and one kind (``code`` / ``text``). A
+    split with its own dataset (:func:`split_source`) is that dataset's first ``split_source_max_docs``."""
+    p = get_preset(preset)
+    c = p.corpus
+    _check_split(split, kind)
     own = split_source(p, split) if split is not None else None
     if own is not None:
         return hub_documents(own, c.dataset_split, c.text_column, max_docs=c.split_source_max_docs)
     if c.source == "stdlib":
         docs = stdlib_documents(c.include_tests, c.max_files)
+        if c.text_sources:  # the mix: code and English text, told apart by the id's first part
+            docs = {f"code/{k}": v for k, v in docs.items()}
+            for name in c.text_sources:
+                docs.update({f"text/{name}/{k}": v for k, v in sources.documents(name).items()})
+            docs = dict(sorted(docs.items()))
     else:
         docs = hub_documents(c.source, c.dataset_split, c.text_column, max_docs=c.max_files)
+    if kind is not None:
+        docs = {k: v for k, v in docs.items() if kind_of(k) == kind}
     if split is None:
         return docs
     return {k: v for k, v in docs.items() if _split_of(k, c.splits) == split}
@@ -137,9 +189,13 @@ def manifest(preset: "str | Preset") -> dict:
     out = {"source": p.corpus.source, "python": platform.python_version(),
            "include_tests": p.corpus.include_tests, "max_files": p.corpus.max_files,
            "splits": {}}
+    if p.corpus.text_sources:  # the pins of every text source, and the mixing weights
+        out["text_sources"] = [sources.get(n).spec() for n in p.corpus.text_sources]
+        out["code_weight"] = p.corpus.code_weight
     total = hashlib.sha256()
-    per = {s: hashlib.sha256() for s in SPLITS}
-    counts = {s: [0, 0] for s in SPLITS}
+    names = split_names(p)
+    per = {s: hashlib.sha256() for s in names}
+    counts = {s: [0, 0] for s in names}
     for path, text in docs.items():
         blob = path.encode() + b"\0" + text.encode() + b"\0"
         total.update(blob)
@@ -150,7 +206,7 @@ def manifest(preset: "str | Preset") -> dict:
     out["files"] = len(docs)
     out["bytes"] = sum(c[1] for c in counts.values())
     out["sha256"] = total.hexdigest()
-    for s in SPLITS:
+    for s in names:
         out["splits"][s] = {"files": counts[s][0], "bytes": counts[s][1], "sha256": per[s].hexdigest()}
     return out
 
@@ -255,15 +311,21 @@ class TokenStream:
         return hashlib.sha256(t.tobytes()).hexdigest()[:16]
 
 
-def token_stream(preset: "str | Preset", split: str = "eval", tokenizer=None) -> TokenStream:
-    """The preset's split, tokenized with the preset's tokenizer, cached and verified."""
+def token_stream(preset: "str | Preset", split: str = "eval", tokenizer=None, kind: str | None = None) -> TokenStream:
+    """The preset's split (optionally one kind, ``code`` or ``text``), tokenized with the preset's tokenizer,
+    cached and verified. A training split of a mixed corpus reads each document per its mixing weight."""
     p = get_preset(preset)
-    if split not in SPLITS:
-        raise UniversalityError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    _check_split(split, kind)
+    if split not in split_names(p):
+        raise UniversalityError(f"the {p.name} corpus has no {split!r} split (it has {', '.join(split_names(p))})")
     tok = tokenizer if tokenizer is not None else load_tokenizer(p)
     c, own = p.corpus, split_source(p, split)
+    weighted = bool(c.text_sources) and split in WEIGHTED_SPLITS
     if c.source == "stdlib" and own is None:
         what = manifest(p)["splits"][split]["sha256"]  # the split's content hash
+        if c.text_sources:
+            what = {"split": what, "kind": kind, "weights": manifest(p)["text_sources"] if weighted else None,
+                    "code_weight": c.code_weight if weighted else None}
     else:  # a hub dataset (or a folder) is named, not hashed: everything that picks its documents goes in the key
         what = {"source": own or c.source, "split": split, "own": own is not None,
                 "dataset_split": c.dataset_split, "text_column": c.text_column, "max_files": c.max_files,
@@ -271,10 +333,10 @@ def token_stream(preset: "str | Preset", split: str = "eval", tokenizer=None) ->
     key = cache.stable_hash({"split": what, "tok": tokenizer_hash(tok), "v": 1})
 
     def build(tmp: Path) -> None:
-        docs = documents(p, split)
+        docs = documents(p, split, kind)
         eot = tok.convert_tokens_to_ids(EOT)
         ids: list[int] = []
-        texts = list(docs.values())
+        texts = [docs[d] for d in weighted_order(docs, p)] if weighted else list(docs.values())
         for i in range(0, len(texts), 256):
             for enc in tok(texts[i:i + 256], add_special_tokens=False)["input_ids"]:
                 ids.append(eot)
@@ -314,7 +376,7 @@ def describe(preset: "str | Preset") -> dict:
     p = get_preset(preset)
     tok = load_tokenizer(p)
     out = {"manifest": manifest(p), "vocab_size": len(tok), "python": sys.version.split()[0]}
-    out["tokens"] = {s: len(token_stream(p, s, tok)) for s in SPLITS}
+    out["tokens"] = {s: len(token_stream(p, s, tok)) for s in split_names(p)}
     return out
 
 
