@@ -40,6 +40,9 @@ class CorpusConfig:
     sae_source: str | None = None  # hub dataset for SAEs (paper: a Pile subset)
     mppc_source: str | None = None  # hub dataset for MPPC (paper: OpenWebText sample)
     split_source_max_docs: int = 5_000  # documents read from sae_source / mppc_source when they differ from source
+    # English text mixed into the stdlib code (names in universality_lib.sources.SOURCES; each has its weight)
+    text_sources: tuple[str, ...] = ()
+    code_weight: float = 1.0  # reads of each code document per pass in the training splits
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,14 @@ _SMOKE = Preset(
                   context=64, n_batches_in_buffer=8, store_batch_rows=8, dead_feature_window=100,
                   eval_tokens=5_000),
     mppc_tokens=8_000,
+)
+
+# The English-plus-code mix of the zoo v2 (issue 14): the standard library's code and the English sources
+# of universality_lib.sources (narrative prose upweighted), split by document with a held-out share that no
+# model or SAE reads. Not the `tiny` corpus until the v2 zoo trained on it ships.
+MIX_CORPUS = CorpusConfig(
+    text_sources=("moby-dick", "brown", "shakespeare", "kjv", "sotu", "python-docs"),
+    splits=(("lm_train", 0.8), ("sae_train", 0.1), ("eval", 0.05), ("heldout", 0.05)),
 )
 
 _TINY = Preset(
