@@ -10,7 +10,7 @@ import torch
 
 from universality_lib import activations as acts
 from universality_lib import cache, corpus, presets, saes, zoo
-from universality_lib.errors import UniversalityError
+from universality_lib.errors import IntegrityError, UniversalityError
 from universality_lib.presets import SAEConfig, TransformerConfig
 
 TINY_SAE = SAEConfig(expansion_factor=2, l1_coefficient=1.0, training_tokens=4096, batch_tokens=256, lr=3e-3,
@@ -153,6 +153,22 @@ def test_cache_round_trip_corruption_and_other_config(P, mamba0, capsys):
             saes.get(P2, "M0", 0, model=mamba0, progress=False)
     finally:
         shutil.rmtree(target)
+
+
+def test_a_corrupt_entry_is_refused_not_retrained_without_train_if_missing(P, mamba0):
+    """Before: get(train_if_missing=False) checked only that the manifest existed, then retrained the corrupt SAE."""
+    saes.get(P, "M0", 0, model=mamba0, progress=False)
+    weights = saes.folder_for(P, "M0", 0) / "sae_weights.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-8] + b"\x00" * 8)
+    try:
+        with pytest.raises(IntegrityError, match="is corrupt and train_if_missing=False does not retrain it"):
+            saes.get(P, "M0", 0, model=mamba0, progress=False, train_if_missing=False)
+        assert weights.read_bytes()[-8:] == b"\x00" * 8  # refused and left as it was, not retrained
+    finally:
+        weights.write_bytes(good)
+    with pytest.raises(UniversalityError, match="no cached SAE for M0 layer 0 seed 7"):
+        saes.get(P, "M0", 0, seed=7, model=mamba0, progress=False, train_if_missing=False)
 
 
 def test_load_folder_checks_the_model(P, mamba0, transformer):

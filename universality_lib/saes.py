@@ -57,14 +57,14 @@ import torch
 
 from . import activations as acts
 from . import cache, corpus, zoo
-from .errors import UniversalityError
+from .errors import IntegrityError, UniversalityError
 from .models import family as model_family
 from .presets import Preset, SAEConfig, get as get_preset, hub_name
 
 __all__ = ["ARCHITECTURES", "TrainResult", "train", "get", "load_folder", "folder_for", "is_cached", "jobs",
            "train_all", "total_train_minutes",
            "evaluate", "evaluate_all", "top_activations", "pick_features", "special_ids", "check_compatible",
-           "model_hash", "read_log", "info", "eval_rows", "feature_acts", "threads_set_to", "context_tokens",
+           "model_fingerprint", "model_hash", "read_log", "info", "eval_rows", "feature_acts", "threads_set_to", "context_tokens",
            "context_text"]
 
 KIND = "saes"
@@ -123,8 +123,42 @@ def _check_config(cfg: SAEConfig) -> None:
             f"must hold at least one training batch ({cfg.batch_tokens} tokens): raise n_batches_in_buffer.")
 
 
+def _model_class(model) -> str:
+    """The model class name sae-lens records for the model an SAE reads."""
+    return "HookedTransformer" if model_family(model) == "transformer" else "HookedMamba"
+
+
+def model_fingerprint(model, per_tensor: int = 4) -> list[float]:
+    """The first ``per_tensor`` weights of every parameter tensor, in order: what an SAE records of the model it
+    was trained on (``cfg.metadata.model_fingerprint``), so that another model of the same shape (T2 for T, M0
+    for M) is refused. Two trainings (or two seeds) differ there; a copy or a move to another device does not."""
+    return [round(float(v), 6) for p in model.parameters() for v in p.detach().flatten()[:per_tensor].float().cpu()]
+
+
+def _check_model_identity(sae, model) -> None:
+    """Raise if the SAE's recorded model (class, weight fingerprint) is not ``model``; SAEs that record neither
+    (hand-made ones, or cached before the fingerprint was recorded: class only) pass what they lack."""
+    meta = sae.cfg.metadata
+    trained_on = f"{meta.model_name!r}" if meta.model_name else "another model"
+    cls = meta.model_class_name
+    if cls is not None and cls != _model_class(model):
+        raise UniversalityError(
+            f"the SAE was trained on a {cls} ({trained_on}), not on a {_model_class(model)} like this model: "
+            f"use the SAE of this model (saes.get(preset, name, layer) with this model's name).")
+    want = meta.get("model_fingerprint")
+    if want is None:
+        return
+    have = model_fingerprint(model)
+    if len(have) != len(want) or not np.allclose(have, want, rtol=1e-3, atol=1e-6):
+        raise UniversalityError(
+            f"the SAE was trained on {trained_on}, whose weights are not this model's (same shape, other "
+            f"weights: another seed or another checkpoint): use the SAE of this model "
+            f"(saes.get(preset, name, layer) with this model's name).")
+
+
 def check_compatible(sae, model, hook_name: str | None = None) -> str:
-    """Raise if ``sae`` cannot read ``model`` at ``hook_name`` (hook missing, d_in mismatch); return the hook."""
+    """Raise if ``sae`` cannot read ``model`` at ``hook_name`` (hook missing, d_in mismatch, trained on another
+    model); return the hook."""
     meta_hook = getattr(sae.cfg.metadata, "hook_name", None)
     hook = hook_name or meta_hook
     if hook is None:
@@ -137,6 +171,7 @@ def check_compatible(sae, model, hook_name: str | None = None) -> str:
         raise UniversalityError(
             f"d_in mismatch: the SAE expects d_in={sae.cfg.d_in} but {hook!r} of this {model_family(model)} model has "
             f"width {width} (d_model={model.cfg.d_model}). The SAE belongs to another model or preset.")
+    _check_model_identity(sae, model)
     return hook
 
 
@@ -163,7 +198,7 @@ def _runner_config(cfg: SAEConfig, d_in: int, hook_name: str, device: torch.devi
         sae_cfg = TopKTrainingSAEConfig(k=cfg.k, **common)
     return LanguageModelSAERunnerConfig(
         sae=sae_cfg, model_name=model_name,
-        model_class_name="HookedTransformer" if model_family(model) == "transformer" else "HookedMamba",
+        model_class_name=_model_class(model),
         hook_name=hook_name, dataset_path="", is_dataset_tokenized=True, streaming=False,
         context_size=cfg.context, prepend_bos=False, sequence_separator_token=None,
         exclude_special_tokens=list(ids), training_tokens=steps * cfg.batch_tokens,
@@ -289,15 +324,16 @@ def train(model, layer: int, cfg: SAEConfig, rows: torch.Tensor, *, seed: int = 
     hook = acts.resid_post_hook(layer)
     acts.check_hook(model, hook)
     d_in = acts.hook_width(model, hook)
-    rows = torch.as_tensor(rows)
-    if rows.dim() != 2 or rows.shape[1] < cfg.context:
-        raise UniversalityError(f"rows must be a LongTensor [n, >= {cfg.context}] of token ids, got shape "
-                                f"{tuple(rows.shape)}")
-    dev = torch.device(device) if device is not None else _device_of(model)
+    rows = acts.check_rows(model, rows, min_len=cfg.context)[:, :cfg.context]  # [n, context]
     ids = special_ids(model)
+    if not acts.token_mask(rows, ids).any():  # sae-lens would wait forever for its buffer to fill
+        raise UniversalityError(
+            f"rows hold no ordinary token (every position is one of the special ids {ids}: BOS / a separator), so "
+            f"there is nothing to train on: pass rows of tokenized text (TokenStream.rows({cfg.context})).")
+    dev = torch.device(device) if device is not None else _device_of(model)
     runner_cfg = _runner_config(cfg, d_in, hook, dev, model, ids, model_name)
     n_steps = runner_cfg.total_training_steps
-    ds = datasets.Dataset.from_dict({"tokens": rows[:, :cfg.context].numpy()})
+    ds = datasets.Dataset.from_dict({"tokens": rows.cpu().numpy()})
     was_training = model.training
     model.eval()
     torch.manual_seed(seed)
@@ -307,6 +343,7 @@ def train(model, layer: int, cfg: SAEConfig, rows: torch.Tensor, *, seed: int = 
             store = ActivationsStore.from_config(model, runner_cfg, override_dataset=ds)
             sae = TrainingSAE.from_dict(runner_cfg.get_training_sae_cfg_dict())
             _set_metadata(sae, runner_cfg)
+            sae.cfg.metadata.model_fingerprint = model_fingerprint(model)
             sae.to(str(dev))
             trainer = _make_trainer(runner_cfg, sae, _normalised(iter(store)), n_steps, progress, cfg)
             sae = trainer.fit()
@@ -472,9 +509,8 @@ def get(preset: "str | Preset", name: str, layer: int, seed: int = 0, *, model=N
     dev = device or str(_device_of(model))
     kind, key = _kind(p, name), _key(expected)
     folder = cache.cache_dir() / kind / key
-    if not (folder / cache.MANIFEST).exists() and not train_if_missing:
-        raise UniversalityError(f"no cached SAE for {name} layer {layer} seed {seed} ({p.name}) at {folder}; "
-                                f"train it with saes.train_all({p.name!r}).")
+    if not train_if_missing:
+        return _load_cached(folder, expected, model, dev, f"{name} layer {layer} seed {seed} ({p.name})", p.name)
 
     def build(tmp: Path) -> None:
         rows = stream.rows(p.sae.context)
@@ -483,6 +519,18 @@ def get(preset: "str | Preset", name: str, layer: int, seed: int = 0, *, model=N
 
     folder = cache.cached_folder(kind, key, build)
     return load_folder(folder, expect=expected, model=model, device=dev)
+
+
+def _load_cached(folder: Path, expected: dict, model, device, what: str, preset_name: str):
+    """The cached SAE at ``folder``, never trained here: a missing or corrupt entry is refused (and kept)."""
+    retrain = f"saes.train_all({preset_name!r}) (or saes.get with train_if_missing=True) retrains it"
+    if not (folder / cache.MANIFEST).exists():
+        raise UniversalityError(f"no cached SAE for {what} at {folder}; train it with saes.train_all({preset_name!r}).")
+    try:
+        return load_folder(folder, expect=expected, model=model, device=device)
+    except IntegrityError as e:
+        raise IntegrityError(f"the cached SAE for {what} is corrupt and train_if_missing=False does not retrain it: "
+                             f"{e} {retrain}.") from e
 
 
 def is_cached(preset: "str | Preset", name: str, layer: int, seed: int = 0) -> bool:
@@ -600,6 +648,7 @@ def evaluate(sae, model, rows: torch.Tensor, hook_name: str | None = None, batch
     from sae_lens.training.activation_scaler import ActivationScaler
 
     hook = check_compatible(sae, model, hook_name)
+    rows = acts.check_rows(model, rows)
     ids = sorted(set(ignore_ids) if ignore_ids is not None else special_ids(model))
     dev = _device_of(model)
     sae_dev = sae.W_dec.device
@@ -694,6 +743,7 @@ def evaluate_all(preset: "str | Preset", names: Iterable[str] | None = None, *, 
 def feature_acts(sae, model, rows: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     """FloatTensor [n, L, F] of feature activations on ``rows`` (0 at special positions)."""
     hook = check_compatible(sae, model)
+    rows = acts.check_rows(model, rows)
     ids = special_ids(model)
     out = []
     for i in range(0, len(rows), batch_size):
