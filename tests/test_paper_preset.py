@@ -471,3 +471,15 @@ def test_a_split_with_its_own_dataset_reads_all_of_it(standins, tmp_path):
     assert corpus.documents(p, "sae_train") == corpus.documents(standins["preset"], "sae_train")
     tok = corpus.load_tokenizer(p)
     assert corpus.token_stream(p, "eval", tok).sha256 != corpus.token_stream(standins["preset"], "eval", tok).sha256
+
+
+def test_the_colab_t4_plan_is_the_paper_path_with_smaller_budgets(tmp_path):
+    """``paper_t4`` loads the same published models (and takes the same offline overrides) as ``paper``; only the SAE,
+    MPPC and induction budgets differ (book/appendix_resources.md)."""
+    t4, paper = presets.get("paper_t4"), presets.get("paper")
+    local = presets.with_hub("paper_t4", models={"T": tmp_path / "neox"}, dataset=tmp_path / "texts")
+    assert local.name == "paper_t4" and local.sae == t4.sae and local.mppc_tokens == t4.mppc_tokens
+    assert presets.hub_name(local, "T") == str(tmp_path / "neox") and presets.hub_name(local, "M") == presets.hub_name(
+        paper, "M")
+    assert t4.sae.expansion_factor < paper.sae.expansion_factor and t4.sae.training_tokens < paper.sae.training_tokens
+    assert t4.mppc_tokens < paper.mppc_tokens

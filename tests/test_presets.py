@@ -5,7 +5,7 @@ from universality_lib.errors import UniversalityError
 
 
 def test_names_and_default():
-    assert presets.NAMES == ("smoke", "tiny", "paper")
+    assert presets.NAMES == ("smoke", "tiny", "paper", "paper_t4")
     assert presets.get().name == presets.DEFAULT == "tiny"
     for n in presets.NAMES:
         assert presets.get(n).name == n

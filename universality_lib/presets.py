@@ -270,6 +270,23 @@ _PAPER = Preset(
 
 _PRESETS = {p.name: p for p in (_SMOKE, _TINY, _PAPER)}
 
+# The Colab T4 plan: the paper's models and data, cut to fit every chapter into one free Colab T4 session (about 3 h,
+# estimated: book/appendix_resources.md). A T4 has no bfloat16 tensor cores, so the SAE steps stay float32
+# (autocast off), and it is ~2.4x slower than an A100 in float32. What it gives up: dictionaries of 8 x 768 = 6,144
+# features instead of 24,576 (fewer, coarser features), 1.5M training tokens per SAE (732 steps of 2,048: a
+# demonstration, expect more dead features and a lower FVE), a 250,000-token MPPC sample instead of 1M (noisier
+# correlations for rare features), and at most 1,024 induction prompts per sweep (the precision rule decides).
+_PAPER_T4 = _PAPER.replace(
+    name="paper_t4",
+    description="The paper's models on a free Colab T4 in one session: smaller SAEs on fewer tokens, a smaller "
+    "MPPC sample (what it gives up: book/appendix_resources.md).",
+    sae=dataclasses.replace(_PAPER.sae, expansion_factor=8, training_tokens=1_500_000, batch_tokens=2048,
+                            dead_feature_window=500, eval_tokens=100_000, autocast=False),
+    mppc_tokens=250_000,
+)
+_PRESETS[_PAPER_T4.name] = _PAPER_T4
+NAMES = NAMES + (_PAPER_T4.name,)
+
 
 def get(name: "str | Preset" = DEFAULT) -> Preset:
     """The preset called ``name`` (a Preset passes through). Unknown names raise one clear error."""

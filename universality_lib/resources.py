@@ -33,10 +33,13 @@ vocabulary, ``F`` SAE features, ``n`` tokens.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
+from .errors import UniversalityError
 from .presets import Preset, get as get_preset
 
 __all__ = ["GPU", "GPUS", "EFFICIENCY", "SESSION_HOURS", "pythia_params", "mamba_params", "plan", "seconds",
@@ -63,8 +66,18 @@ GPUS = (
 )
 
 
+VOCAB_MULTIPLE = {"T": 128, "M": 8}  # GPT-NeoX pads its vocabulary to a multiple of 128, mamba_ssm to 8
+CHUNK_TOKENS = 4096  # tokens per MPPC chunk (similarity.experiments.compute's default)
+L0 = 50.0  # active SAE features per token assumed for the sparse MPPC path (not a measured L0)
+
+
 def _pad(v: int, multiple: int) -> int:
     return -(-v // multiple) * multiple
+
+
+def pad_vocab(preset: "str | Preset", family: str) -> int:
+    """The embedding rows of the preset's ``"T"`` (GPT-NeoX) or ``"M"`` (mamba_ssm) model: its vocabulary padded."""
+    return _pad(get_preset(preset).corpus.vocab_size, VOCAB_MULTIPLE[family])
 
 
 def pythia_params(n_layers: int, d_model: int, d_mlp: int, vocab: int) -> dict:
@@ -93,9 +106,9 @@ def mamba_params(n_layers: int, d_model: int, d_state: int, d_conv: int, expand:
 
 def _models(p: Preset) -> dict:
     t, m = p.transformer, p.mamba
-    v = p.corpus.vocab_size
-    return {"T": pythia_params(t.n_layers, t.d_model, t.d_mlp, _pad(v, 128)),
-            "M": mamba_params(m.n_layers, m.d_model, m.d_state, m.d_conv, m.expand, _pad(v, 8), m.tie_embeddings)}
+    return {"T": pythia_params(t.n_layers, t.d_model, t.d_mlp, pad_vocab(p, "T")),
+            "M": mamba_params(m.n_layers, m.d_model, m.d_state, m.d_conv, m.expand, pad_vocab(p, "M"),
+                              m.tie_embeddings)}
 
 
 def _mppc_tokens(p: Preset) -> int:
@@ -103,66 +116,209 @@ def _mppc_tokens(p: Preset) -> int:
     return int(getattr(p, "mppc_tokens", None) or p.eval_tokens)
 
 
-def plan(preset: "str | Preset" = "paper") -> list[dict]:
-    """The preset's large stages: ``stage``, ``what``, ``tokens`` (model tokens processed), ``flops``,
-    ``autocast_flops`` (the part of ``flops`` that runs in bf16 mixed precision: the SAE steps with
-    ``SAEConfig.autocast``, else 0), ``memory_gb`` (peak per step), ``count`` (SAEs or layer pairs)."""
-    p = get_preset(preset)
-    t, m, s = p.transformer, p.mamba, p.sae
+_FAMILY = {"T": "T", "T2": "T", "M": "M", "M0": "M"}
+
+
+def _shapes(p: Preset) -> dict:
+    """Per-family forward FLOPs per token per block (``block``), blocks (``layers``) and the SAE width ``F``."""
+    t, m = p.transformer, p.mamba
     mod = _models(p)
-    D, F, ctx, rows = t.d_model, s.expansion_factor * t.d_model, s.context, s.store_batch_rows
-    attn = 4 * ctx * D  # per token per Transformer block
-    fwd_block = {"T": 2 * mod["T"]["matmul"] / t.n_layers + attn,
-                 "M": (2 * mod["M"]["matmul"] + mod["M"]["scan_flops_per_token"]) / m.n_layers}
-    layers = {"T": t.n_layers, "T2": t.n_layers, "M": m.n_layers, "M0": m.n_layers}
-    fam = {"T": "T", "T2": "T", "M": "M", "M0": "M"}
+    attn = 4 * p.sae.context * t.d_model  # per token per Transformer block
+    return {"block": {"T": 2 * mod["T"]["matmul"] / t.n_layers + attn,
+                      "M": (2 * mod["M"]["matmul"] + mod["M"]["scan_flops_per_token"]) / m.n_layers},
+            "layers": {"T": t.n_layers, "M": m.n_layers}, "F": p.sae.expansion_factor * t.d_model, "models": mod}
+
+
+def _sae_row(p: Preset, shared_forward: bool = False) -> dict:
+    """The SAE stage. Each SAE runs its model up to its layer on its own tokens (``saes.train``); with
+    ``shared_forward`` one forward pass of each model feeds every layer's SAE (issue 15 item 1; the SAE-seed skyline's
+    extra seeds read the same pass)."""
+    t, s = p.transformer, p.sae
+    sh = _shapes(p)
+    D, F, ctx, rows = t.d_model, sh["F"], s.context, s.store_batch_rows
+    layers = {n: sh["layers"][f] for n, f in _FAMILY.items()}
     # SAE jobs as saes.jobs: seed 0 everywhere, the extra seeds on the skyline model
     jobs = [(n, layer) for n in layers for _ in (s.seeds if n == s.seed_skyline else s.seeds[:1])
             for layer in range(layers[n])]
-    sae_flops_tok = 12 * D * F
-    fwd_total = sum(fwd_block[fam[n]] * (layer + 1) for n, layer in jobs)
-    sae_steps_flops = len(jobs) * s.training_tokens * sae_flops_tok
-    sae_flops = sae_steps_flops + s.training_tokens * fwd_total
+    if shared_forward:  # every block of every model once per token
+        block_tokens = {f: s.training_tokens * sum(layers[n] for n in layers if _FAMILY[n] == f) for f in "TM"}
+    else:  # an SAE on layer l runs blocks 0..l
+        block_tokens = {f: s.training_tokens * sum(layer + 1 for n, layer in jobs if _FAMILY[n] == f) for f in "TM"}
+    sae_steps_flops = len(jobs) * s.training_tokens * 12 * D * F
+    sae_flops = sae_steps_flops + sum(sh["block"][f] * block_tokens[f] for f in "TM")
     sae_params = 2 * D * F + F + D
     buffer = 2 * s.n_batches_in_buffer * rows * ctx * D * 4
     attn_scores = rows * t.n_heads * ctx * ctx * 4
-    sae_mem = 16 * sae_params + 4 * s.batch_tokens * F * 4 + 4 * mod["T"]["total"] + attn_scores + buffer
-    out = [{"stage": "SAE training (chapter 2)",
+    sae_mem = 16 * sae_params + 4 * s.batch_tokens * F * 4 + 4 * sh["models"]["T"]["total"] + attn_scores + buffer
+    return {"stage": "SAE training (chapter 2)",
             "what": f"{len(jobs)} SAEs x {s.training_tokens:,} tokens, F = {F:,}, batch {s.batch_tokens:,} tokens",
             "count": len(jobs), "tokens": len(jobs) * s.training_tokens, "flops": sae_flops,
-            "autocast_flops": sae_steps_flops if s.autocast else 0, "memory_gb": sae_mem / 1e9}]
-    n = _mppc_tokens(p)
-    pairs = {"main (T x M)": t.n_layers * m.n_layers, "random (T x M0)": t.n_layers * m.n_layers,
-             "model seed (T x T2)": t.n_layers ** 2, "SAE seed (T x T)": t.n_layers ** 2}
+            "autocast_flops": sae_steps_flops if s.autocast else 0, "memory_gb": sae_mem / 1e9,
+            # units for measured rates (benchmarks/gpu_check.py): SAE steps, and tokens x blocks per family
+            "units": {"sae_step": len(jobs) * -(-s.training_tokens // s.batch_tokens),
+                      "block_tokens_T": block_tokens["T"], "block_tokens_M": block_tokens["M"]}}
+
+
+def _mppc_pairs(p: Preset) -> dict:
+    L, LM = p.transformer.n_layers, p.mamba.n_layers
+    return {"main (T x M)": L * LM, "random (T x M0)": L * LM, "model seed (T x T2)": L ** 2, "SAE seed (T x T)": L ** 2}
+
+
+def _mppc_dense_row(p: Preset) -> dict:
+    sh, n, pairs = _shapes(p), _mppc_tokens(p), _mppc_pairs(p)
+    D, F, n_sae = p.transformer.d_model, sh["F"], _sae_row(p)["count"]
     n_pairs = sum(pairs.values())
-    encode = n * 2 * D * F * (len(jobs))  # every SAE encodes the sample once
-    fwd_mppc = n * sum(fwd_block[fam[k]] * layers[k] for k in layers)
-    out.append({"stage": "MPPC, dense path (chapter 3)",
-                "what": f"{n_pairs} layer pairs ({', '.join(f'{k} {v}' for k, v in pairs.items())}) over "
-                        f"{n:,} tokens",
-                "count": n_pairs, "tokens": n * len(layers), "flops": n_pairs * 2 * n * F * F + encode + fwd_mppc,
-                "autocast_flops": 0,
-                "memory_gb": (F * F * 8 + 2 * 4096 * F * 4) / 1e9})
-    prompts, seq, heads = 65_536, 64, t.n_layers * t.n_heads
-    per_tok = 2 * (mod["T"]["matmul"] + mod["T"]["embeddings"] / 2) + t.n_layers * 4 * seq * D
-    out.append({"stage": "Induction head sweep (chapter 5)",
-                "what": f"{heads} heads + 1 clean run x {prompts:,} prompts of {seq} tokens (the authors' count)",
-                "count": heads + 1, "tokens": (heads + 1) * prompts * seq, "flops": (heads + 1) * prompts * seq * per_tok,
-                "autocast_flops": 0,
-                "memory_gb": (4 * mod["T"]["total"] + 256 * seq * (_pad(p.corpus.vocab_size, 128)) * 4) / 1e9})
-    return out
+    encode = n * 2 * D * F * n_sae  # every SAE encodes the sample once
+    fwd = n * sum(sh["block"][_FAMILY[k]] * sh["layers"][_FAMILY[k]] for k in _FAMILY)
+    return {"stage": "MPPC, dense path (chapter 3)",
+            "what": f"{n_pairs} layer pairs ({', '.join(f'{k} {v}' for k, v in pairs.items())}) over {n:,} tokens",
+            "count": n_pairs, "tokens": n * len(_FAMILY), "flops": n_pairs * 2 * n * F * F + encode + fwd,
+            "autocast_flops": 0, "memory_gb": (F * F * 8 + 2 * CHUNK_TOKENS * F * 4) / 1e9,
+            "units": {"mppc_dense_chunk": n_pairs * -(-n // CHUNK_TOKENS), "model_tokens_T": 2 * n,
+                      "model_tokens_M": 2 * n, "sae_encode_tokens": n * n_sae}}
+
+
+def sparse_traffic_estimate():
+    """The torch sparse MPPC back end's memory-traffic estimate (``similarity.torch_sparse.stage_seconds_estimate``),
+    or None where the engine has none."""
+    try:
+        from .similarity.torch_sparse import stage_seconds_estimate
+    except (ImportError, AttributeError):
+        return None
+    return stage_seconds_estimate
+
+
+def _mppc_sparse_row(p: Preset) -> dict | None:
+    """The sparse (``torch_sparse``) MPPC path: memory traffic per GPU from the engine's estimate, plus the FLOPs it
+    leaves out (the SAE encodes and one forward of each side's model per pass over the tokens): ``flops`` is one pass
+    over the sample (every model and SAE once, as the dense row), ``gpu_flops`` the further passes' on each GPU."""
+    est = sparse_traffic_estimate()
+    if est is None:
+        return None
+    dense = _mppc_dense_row(p)
+    sh, n, n_pairs = _shapes(p), _mppc_tokens(p), dense["count"]
+    fwd = n * sum(sh["block"][f] * sh["layers"][f] for f in "TM")  # one pass: T and M (or T2, M0) over the sample
+    kw = dict(n_pairs=n_pairs, n_tokens=n, d_sae=sh["F"], d_model=p.transformer.d_model, l0=L0)
+    per_gpu = {g.name: est(g.name, efficiency=EFFICIENCY, **kw) for g in GPUS}
+    once = dense["flops"] - n_pairs * 2 * n * sh["F"] ** 2  # every model and SAE over the sample once
+    return {"stage": "MPPC, sparse path (chapter 3)",
+            "what": f"the same {n_pairs} layer pairs, only co-active features (L0 = {L0:g} assumed), float64, "
+                    f"{per_gpu[GPUS[1].name]['passes']} passes over the tokens on the {GPUS[1].name}",
+            "count": n_pairs, "tokens": n * len(_FAMILY), "flops": once, "autocast_flops": 0,
+            "memory_gb": dense["memory_gb"],
+            "traffic_s": {k: e["seconds"] for k, e in per_gpu.items()},
+            # the repeats: encodes and forwards of every further pass, beyond the one pass in "flops"
+            "gpu_flops": {k: max(0.0, e["encode_flops_not_priced"] + e["passes"] * fwd - once)
+                          for k, e in per_gpu.items()},
+            "passes": {k: e["passes"] for k, e in per_gpu.items()}, "sparse_kw": kw}
+
+
+def _induction_row(p: Preset) -> dict:
+    from .circuits.task import task_config  # analysis layer, imported where used
+
+    t, mod = p.transformer, _models(p)
+    cfg = task_config(p)
+    seq = cfg.seq_len + int(cfg.prepend_bos)
+    heads = t.n_layers * t.n_heads
+    senders = (t.n_layers - 1) * t.n_heads  # worst case: a receiver in the last layer
+    runs = 2 + heads + 2 * senders  # clean + corrupted, one run per head, two per sender (up to the receiver, full)
+    per_tok = 2 * (mod["T"]["matmul"] + mod["T"]["embeddings"] / 2) + t.n_layers * 4 * seq * t.d_model
+    rule = "at most, stopping earlier by the precision rule" if cfg.stop_early else "a fixed count"
+    return {"stage": "Induction head sweeps (chapter 5)",
+            "what": f"{heads} heads + {senders} senders x 2 + 2 runs x {cfg.n_prompts:,} prompts of {seq} tokens "
+                    f"({rule}; the authors used 65,536)",
+            "count": runs, "tokens": runs * cfg.n_prompts * seq, "flops": runs * cfg.n_prompts * seq * per_tok,
+            "autocast_flops": 0,
+            "memory_gb": (4 * mod["T"]["total"] + cfg.batch_size * seq * pad_vocab(p, "T") * 4) / 1e9,
+            "units": {"model_tokens_T": runs * cfg.n_prompts * seq}}
+
+
+def plan(preset: "str | Preset" = "paper") -> list[dict]:
+    """The preset's large stages: ``stage``, ``what``, ``tokens`` (model tokens processed), ``flops``,
+    ``autocast_flops`` (the part of ``flops`` that runs in bf16 mixed precision: the SAE steps with
+    ``SAEConfig.autocast``, else 0), ``memory_gb`` (peak per step), ``count`` (SAEs, layer pairs or runs), ``units``
+    (the counts that measured rates price). The sparse MPPC row (when the engine has its estimate) also has
+    ``traffic_s`` and ``gpu_flops`` per GPU name."""
+    p = get_preset(preset)
+    rows = [_sae_row(p), _mppc_dense_row(p), _mppc_sparse_row(p), _induction_row(p)]
+    return [r for r in rows if r is not None]
+
+
+def totals(rows: list[dict]) -> list[dict]:
+    """The rows the "all three" total adds: every row but the dense MPPC when the sparse one is there (the dense
+    path is the cross-check)."""
+    sparse = any(r["stage"].startswith("MPPC, sparse") for r in rows)
+    return [r for r in rows if not (sparse and r["stage"].startswith("MPPC, dense"))]
 
 
 def seconds(row: dict, gpu: GPU) -> float:
     """Estimated seconds of one :func:`plan` row on ``gpu``: the autocast part at the 16-bit tensor-core peak when the
-    GPU has native bfloat16 (else at its float32 peak), the rest at the float32 peak, both x :data:`EFFICIENCY`."""
+    GPU has native bfloat16 (else at its float32 peak), the rest at the float32 peak, both x :data:`EFFICIENCY`;
+    plus, for the sparse MPPC row, its memory-traffic time and its per-GPU FLOPs (at float32)."""
     fast = row.get("autocast_flops", 0)
     bf16 = gpu.bf16_tflops if gpu.native_bf16 else gpu.fp32_tflops
-    return ((row["flops"] - fast) / gpu.fp32_tflops + fast / bf16) / (1e12 * EFFICIENCY)
+    flops = row["flops"] - fast + row.get("gpu_flops", {}).get(gpu.name, 0.0)
+    return (flops / gpu.fp32_tflops + fast / bf16) / (1e12 * EFFICIENCY) + row.get("traffic_s", {}).get(gpu.name, 0.0)
 
 
-def _sae_row(p: Preset) -> dict:
-    return plan(p)[0]
+# ------------------------------------------------------------------------------------ measured rates
+MEASURED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu_check.json"
+
+
+def load_measured(path: "str | Path | None" = None) -> dict | None:
+    """The device check's results (``benchmarks/gpu_check.py``) when they are a GPU measurement at the ``paper``
+    preset's shapes; None when the file is absent or holds a ``--small`` / CPU run. A file that is not the check's
+    JSON raises one clear error."""
+    path = Path(path) if path is not None else MEASURED
+    if not path.is_file():
+        return None
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UniversalityError(f"{path}: expected the JSON that benchmarks/gpu_check.py writes, got unreadable "
+                                f"content ({e}); rerun the check on a GPU or delete the file.") from None
+    if not isinstance(m, dict) or m.get("kind") != "gpu_check" or not isinstance(m.get("stages"), dict):
+        raise UniversalityError(f"{path}: expected the JSON of benchmarks/gpu_check.py (kind 'gpu_check' with "
+                                f"'stages'), got {type(m).__name__} without them; rerun the check or delete the file.")
+    if m.get("small") or m.get("device") != "cuda" or m.get("preset") != "paper":
+        return None
+    return m
+
+
+def _rates(m: dict) -> dict:
+    """Seconds per unit of work at the measured rates (only the stages the check completed)."""
+    st = {k: r for k, r in m["stages"].items() if isinstance(r, dict) and r.get("status") == "ok"}
+    out = {k: st[k]["seconds"] for k in ("sae_step", "mppc_sparse_chunk", "mppc_dense_chunk") if k in st}
+    for f in "TM":
+        if f"forward_{f}" in st:
+            r = st[f"forward_{f}"]
+            out[f"model_tokens_{f}"] = 1 / r["tokens_per_s"]  # every block, no unembedding
+            out[f"block_tokens_{f}"] = 1 / (r["tokens_per_s"] * r["layers"])
+    if "sae_step" in st:  # an encode is 2DF of the step's 12DF per token
+        out["sae_encode_tokens"] = st["sae_step"]["seconds"] / st["sae_step"]["batch_tokens"] / 6
+    return out
+
+
+def _measured_units(row: dict, m: dict) -> dict:
+    """The row's units of work on the measured device (the sparse path's passes depend on its memory)."""
+    if "sparse_kw" not in row:
+        return row["units"]
+    from .similarity.torch_sparse import stage_traffic
+
+    kw = row["sparse_kw"]
+    t = stage_traffic(m["memory_gb"], **kw)
+    return {"mppc_sparse_chunk": kw["n_pairs"] * -(-kw["n_tokens"] // CHUNK_TOKENS),
+            "model_tokens_T": t["passes"] * kw["n_tokens"], "model_tokens_M": t["passes"] * kw["n_tokens"],
+            "sae_encode_tokens": t["encode_flops_not_priced"] / (2 * kw["d_model"] * kw["d_sae"])}
+
+
+def measured_seconds(row: dict, m: dict) -> float | None:
+    """Seconds of a :func:`plan` row at the rates ``m`` (:func:`load_measured`) measured: its units of work times the
+    measured seconds per unit; None when the check lacks a rate the row needs."""
+    rates, units = _rates(m), _measured_units(row, m)
+    if any(k not in rates for k in units):
+        return None
+    return sum(n * rates[k] for k, n in units.items())
 
 
 def sae_tokens_within(preset: "str | Preset", gpu: GPU, hours: float = SESSION_HOURS, step: int = 1_000_000) -> int:
@@ -181,17 +337,96 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def page(preset: "str | Preset" = "paper") -> str:
-    """The appendix page (Markdown)."""
+T4_PLAN = "paper_t4"  # the Colab T4 plan's preset (presets.py)
+
+
+def _time_table(p: Preset, rows: list[dict], m: dict | None) -> list[str]:
+    """The "Time on one GPU" table: one column per GPU (and the measured device), the "all three" total and the
+    Colab T4 plan's total."""
+    head = [g.name for g in GPUS] + ([f"{m['name']} (measured rates)"] if m else [])
+    lines = ["| stage | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+
+    def cells(r):
+        out = []
+        for g in GPUS:
+            note = (" (bf16 SAE steps)" if g.native_bf16 else " (float32: no bf16)") if r["autocast_flops"] else ""
+            fits = "" if r["memory_gb"] <= g.memory_gb else " (does not fit)"
+            out.append(_fmt_time(seconds(r, g)) + note + fits)
+        if m:
+            ms = measured_seconds(r, m)
+            out.append("not measured" if ms is None else f"{_fmt_time(ms)} (measured)")
+        return out
+
+    for r in rows:
+        lines.append(f"| {r['stage']} | " + " | ".join(cells(r)) + " |")
+
+    def total(rs, label):
+        t = [sum(seconds(r, g) for r in totals(rs)) for g in GPUS]
+        cols = [f"**{_fmt_time(x)}**" for x in t]
+        if m:
+            ms = [measured_seconds(r, m) for r in totals(rs)]
+            cols.append("not measured" if None in ms or label != "all three" else f"**{_fmt_time(sum(ms))}** (measured)")
+        return f"| **{label}** | " + " | ".join(cols) + " |"
+
+    lines.append(total(rows, "all three"))
+    if p.name == "paper":
+        lines.append(total(plan(T4_PLAN), f"Colab T4 plan (`{T4_PLAN}`), all three"))
+    return lines
+
+
+def _work_cell(r: dict) -> str:
+    if "traffic_s" in r:  # the sparse path: one pass's FLOPs, the repeats of the further passes, memory traffic
+        return f"{r['flops']:.2g} + {r['gpu_flops'][GPUS[1].name]:.2g} (further passes, {GPUS[1].name}) + memory traffic"
+    return f"{r['flops']:.2g}"
+
+
+def _t4_plan(p: Preset) -> list[str]:
+    """The Colab T4 plan: what ``paper_t4`` changes, what it gives up, its estimated time."""
+    q = get_preset(T4_PLAN)
+    t4 = next(g for g in GPUS if not g.native_bf16)
+    rows = plan(q)
+    from .circuits.task import task_config
+
+    tp, tq = task_config(p), task_config(q)
+    Fp, Fq = p.sae.expansion_factor * p.transformer.d_model, q.sae.expansion_factor * q.transformer.d_model
+    steps = q.sae.training_tokens // q.sae.batch_tokens
+    parts = ", ".join(f"{r['stage'].split(' (')[0]} {_fmt_time(seconds(r, t4))}" for r in totals(rows))
+    return [
+        f"## The Colab T4 plan (`{T4_PLAN}`)", "",
+        f"A free Colab T4 runs every chapter with the paper's models in one session with `preset = \"{T4_PLAN}\"` "
+        f"(the same name in the notebooks' first cell, on the command line and in `presets.get`): estimated "
+        f"**{_fmt_time(sum(seconds(r, t4) for r in totals(rows)))}** on the {t4.name} for the three stages above "
+        f"({parts}). "
+        f"It keeps Pythia-160M, Mamba-130M, their data and every condition, SAE and layer pair, and gives up:", "",
+        f"* **Smaller dictionaries**: {Fq:,} features per SAE ({q.sae.expansion_factor} x {q.transformer.d_model}) "
+        f"instead of {Fp:,}. Fewer, coarser features: feature-level numbers (MPPC distributions, the share of "
+        "matched features) are not the paper's.",
+        f"* **Fewer SAE tokens**: {q.sae.training_tokens:,} per SAE ({steps:,} steps of {q.sae.batch_tokens:,}) "
+        f"instead of {p.sae.training_tokens:,}, in float32 (the T4 has no bfloat16 tensor cores). Expect more dead "
+        "features and a lower reconstruction FVE: a demonstration of the method rather than a reproduction.",
+        f"* **A smaller MPPC sample**: {q.mppc_tokens:,} tokens instead of {p.mppc_tokens:,}, so correlations of "
+        "rarely firing features are noisier.",
+        f"* **Fewer induction prompts**: at most {tq.n_prompts:,} per sweep instead of {tp.n_prompts:,}; the precision "
+        "rule usually stops earlier in both, so this only matters when a verdict is close.",
+        "", "Chapters 1, 4 and 6 are small next to these stages and are not priced here.", ""]
+
+
+def page(preset: "str | Preset" = "paper", measured: "str | Path | None" = None) -> str:
+    """The appendix page (Markdown). ``measured``: the device check's JSON (default :data:`MEASURED` when present)."""
     p = get_preset(preset)
     mod = _models(p)
     rows = plan(p)
+    m = load_measured(measured) if p.name == "paper" else None
+    src = ("Every number on this page is **estimated**, not measured: no GPU was available where the book was written."
+           if m is None else
+           f"The numbers on this page are **estimated**, except the column **{m['name']} (measured rates)**: it "
+           f"prices each stage's units of work (SAE steps, model tokens, MPPC chunks) at the rates "
+           f"`benchmarks/gpu_check.py` measured on one {m['name']} ({m['date'][:10]}, torch {m['torch']}).")
     lines = [
         "# Appendix: resources for the `paper` preset" if p.name == "paper" else f"# Appendix: resources ({p.name})",
         "",
         "```{note}",
-        "Every number on this page is **estimated**, not measured: no GPU was available where the book was "
-        "written. The page is generated by `python -m universality_lib.resources > book/appendix_resources.md` "
+        src + " The page is generated by `python -m universality_lib.resources > book/appendix_resources.md` "
         "from the preset's sizes and budgets (`universality_lib/presets.py`), so it changes when they do.",
         "```",
         "",
@@ -205,43 +440,39 @@ def page(preset: "str | Preset" = "paper") -> str:
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['stage']} | {r['what']} | {r['tokens']:.3g} | {r['flops']:.2g} | "
-                     f"{r['memory_gb']:.1f} GB |")
-    lines += ["", "## Time on one GPU", "",
-              "| stage | " + " | ".join(g.name for g in GPUS) + " |", "|---|" + "---|" * len(GPUS)]
-    for r in rows:
-        cells = []
-        for g in GPUS:
-            note = ""
-            if r["autocast_flops"]:
-                note = " (bf16 SAE steps)" if g.native_bf16 else " (float32: no bf16)"
-            fits = "" if r["memory_gb"] <= g.memory_gb else " (does not fit)"
-            cells.append(_fmt_time(seconds(r, g)) + note + fits)
-        lines.append(f"| {r['stage']} | " + " | ".join(cells) + " |")
-    lines.append("| **all three** | " + " | ".join(
-        f"**{_fmt_time(sum(seconds(r, g) for r in rows))}**" for g in GPUS) + " |")
-    lines += ["", *_precision_and_budget(p, rows), "",
-              "The dense MPPC row is an upper bound. The sparse path multiplies only features that fire together, so "
-              "its cost grows with the square of L0 (about 50 active features), not with the square of the "
-              "dictionary size.", ""]
+        lines.append(f"| {r['stage']} | {r['what']} | {r['tokens']:.3g} | {_work_cell(r)} | {r['memory_gb']:.1f} GB |")
+    lines += ["", "## Time on one GPU", "", *_time_table(p, rows, m), "", *_precision_and_budget(p, rows), "",
+              *_mppc_and_sweep(p, rows), ""]
+    if p.name == "paper":
+        lines += _t4_plan(p)
     lines += [
         "## Method",
         "",
         f"* **Parameters.** Pythia (GPT-NeoX) has per block $12D^2 + 13D$ parameters: QKV, the output and two MLP "
         f"matrices with their biases, and two LayerNorms. Its embedding and untied unembedding have $V_T D$ each, "
         f"with the vocabulary {p.corpus.vocab_size:,} padded to a multiple of 128 ($V_T$ = "
-        f"{_pad(p.corpus.vocab_size, 128):,}). Mamba has per block $3DE + E(R + 2N) + RE + EN + 7E + D$: in_proj, "
+        f"{pad_vocab(p, 'T'):,}). Mamba has per block $3DE + E(R + 2N) + RE + EN + 7E + D$: in_proj, "
         f"out_proj, x_proj, dt_proj, $A_{{\\log}}$, the 4-tap conv and its bias, the dt bias, $D$ and the RMSNorm. "
         f"Its embedding is tied, with the vocabulary padded to a multiple of 8 ($V_M$ = "
-        f"{_pad(p.corpus.vocab_size, 8):,}). The tests check both formulas against real models.",
+        f"{pad_vocab(p, 'M'):,}). The tests check both formulas against real models.",
         "* **Forward FLOPs per token**: twice the block matrices' parameters, plus $4 n_{ctx} D$ per Transformer "
         "block for attention. An SAE on layer $l$ runs the model up to block $l$ only.",
         "* **SAE training FLOPs per token**: $12DF$, that is $2DF$ for the encoder and $2DF$ for the decoder, "
         "with the backward pass costing twice the forward.",
         "* **Dense MPPC**: $2nF_aF_b$ per layer pair, the cross-product matrix over $n$ tokens, plus the forward "
         "passes and SAE encodings of the sample.",
-        "* **Induction sweep**: one patched forward pass per head, with logits, over the authors' 65,536 prompts "
-        "of 64 tokens. The Mamba state sweeps use 2,048 prompts and cost less.",
+        "* **Sparse MPPC**: the bytes the `torch_sparse` back end moves (`similarity.torch_sparse.stage_traffic`: "
+        "per co-active pair its index and value arrays and one 32-byte sector per scattered float64 add; the "
+        "float64 sums zeroed and read at the end) over the datasheet bandwidth, plus the SAE encodes and one forward "
+        "pass of both models per pass over the tokens, at float32.",
+        "* **Induction sweeps**: the clean and the corrupted run, then one patched forward pass per head (head -> "
+        "logits) and two per sender head (head -> induction head -> logits, receiver in the last layer at worst), "
+        "with logits, over the preset's cap on the prompts (the precision rule stops earlier). The Mamba state "
+        "sweeps (24 layers) are not priced.",
+        "* **Measured rates** (when `benchmarks/results/gpu_check.json` holds a GPU run of "
+        "`benchmarks/gpu_check.py`): SAE steps at the measured step time, model tokens at the measured blocks-only "
+        "forward rate (SAE context, so the short induction prompts are approximated), MPPC chunks at the measured "
+        "chunk time, SAE encodes at a sixth of a step per token.",
         f"* **Time** = FLOPs / (datasheet peak x {EFFICIENCY}). The factor {EFFICIENCY} is an assumed efficiency "
         "for large matrix products, the same for both precisions. The models' forward passes, the MPPC statistics "
         "and the induction sweep run in float32 (the precision of the library's models and the 1e-6 accuracy of "
@@ -263,6 +494,40 @@ def page(preset: "str | Preset" = "paper") -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _mppc_and_sweep(p: Preset, rows: list[dict]) -> list[str]:
+    """The paragraphs on the two MPPC paths, the shared SAE forward pass and the induction sweeps' precision rule."""
+    from .circuits.task import task_config
+
+    a100 = GPUS[1]
+    sparse = next((r for r in rows if "traffic_s" in r), None)
+    out = ["The dense MPPC row is an upper bound and the cross-check: it multiplies every pair of features. "
+           + ("The sparse path (the engine's `torch_sparse` back end, its default on a GPU) adds only the products of "
+              f"features that fire together, so its cost grows with the square of L0 (about {L0:g} active features "
+              "assumed), not with the square of the dictionary size. It is priced from the bytes it moves (the "
+              "engine's `stage_seconds_estimate`: scattered float64 adds and the arrays of co-active pairs, at "
+              f"{EFFICIENCY} of the datasheet bandwidth) plus, at float32, the SAE encodes and one forward pass of "
+              "both models for every pass over the tokens. Only a few layer pairs' float64 sums (4.8 GB each at "
+              f"F = 24,576) fit half a GPU's memory at once, so the sample is read {sparse['passes'][a100.name]} times "
+              f"on the {a100.name}: those repeated forward passes and encodes dominate its time. The \"all three\" "
+              "total counts the sparse path." if sparse else
+              "The sparse GPU back end has no cost estimate in this engine yet, so the total counts the dense path.")]
+    shared = _sae_row(p, shared_forward=True)
+    out += ["", f"**One forward pass for all SAEs of a model** (issue 15 item 1, not in `saes.train` yet) would cut the "
+            f"SAE stage to {_fmt_time(seconds(shared, a100))} on the {a100.name} (from "
+            f"{_fmt_time(seconds(rows[0], a100))}): each SAE now runs its model up to its own layer on its own tokens."]
+    cfg = task_config(p)
+    rule = cfg.precision()
+    out += ["", f"**Induction sweeps sized by precision.** Each sweep of chapter 5 checks after every batch of "
+            f"{cfg.batch_size} prompts whether the dominance verdict is resolved: it stops once the standard errors of "
+            f"the top component's and the runner-up's Δ logit B are both at most {rule.se_frac:g} of the gap between "
+            f"their |Δ| (after {rule.min_prompts} prompts at least, {cfg.n_prompts:,} at most"
+            + ("" if cfg.stop_early else "; this preset runs the full count and records the count the rule needed")
+            + "). The chapter shows the count each sweep used (`Effects.n_prompts`, `summary()[\"n_needed\"]`). The "
+            f"row above prices the cap, {cfg.n_prompts:,} prompts, and the worst-case receiver (the last layer); the "
+            "authors used a fixed 65,536."]
+    return out
 
 
 def _precision_and_budget(p: Preset, rows: list[dict]) -> list[str]:
@@ -304,7 +569,9 @@ def _precision_and_budget(p: Preset, rows: list[dict]) -> list[str]:
                     f"it further, e.g. `p = presets.get(\"paper\"); p = p.replace(sae=dataclasses.replace(p.sae, "
                     f"training_tokens={n:_}))`: estimated {_fmt_time(seconds(_sae_row(small), g))} on the {g.name} "
                     f"({n // s.batch_tokens:,} steps per SAE, a demonstration rather than a reproduction); each "
-                    f"further million tokens per SAE adds {_fmt_time(per_million)}.")
+                    f"further million tokens per SAE adds {_fmt_time(per_million)}."
+                    + (f" The Colab T4 plan below (`{T4_PLAN}`) fits the whole book instead." if p.name == "paper"
+                       else ""))
     return out
 
 

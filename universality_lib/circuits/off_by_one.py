@@ -58,6 +58,7 @@ PRESET_TASKS = {
     "smoke": dict(seq_len=24, n_prompts=8, batch_size=8),
     "tiny": dict(n_prompts=128, batch_size=32),
     "paper": dict(n_prompts=128, batch_size=4, prepend_bos=False),
+    "paper_t4": dict(n_prompts=128, batch_size=4, prepend_bos=False),  # the Colab T4 plan: the paper's prompts
 }
 
 
@@ -79,10 +80,10 @@ def task(preset: "str | Preset", **overrides) -> TaskConfig:
 
 def layer_sweep_task(preset: "str | Preset", **overrides) -> TaskConfig:
     """Chapter 5's prompts (length 64, A in the first half) with this chapter's number of prompts: the state-history
-    sweep that picks the induction layer runs on them (``paper``: chapter 5's own 2,048)."""
+    sweep that picks the induction layer runs on them (the hub presets: chapter 5's own count)."""
     p = get_preset(preset)
-    kw = {} if p.name == "paper" else {k: v for k, v in PRESET_TASKS.get(p.name, {}).items()
-                                       if k in ("n_prompts", "batch_size")}
+    kw = {} if p.needs_internet else {k: v for k, v in PRESET_TASKS.get(p.name, {}).items()
+                                      if k in ("n_prompts", "batch_size")}
     kw.update(overrides)
     return task_config(p, **kw)
 

@@ -77,12 +77,14 @@ class TaskConfig:
 
 # Per-preset sizes. The authors drew a fixed 65,536 prompts (2,048 for the Mamba layer sweep). At `paper` the count
 # comes from the precision rule instead: each sweep stops once the dominance verdict is resolved (TaskConfig.se_frac),
-# after 256 prompts at least and 2,048 at most. On a CPU the tiny models give standard errors far below the effects
-# with a few hundred; smoke and tiny run their fixed counts and record the count the rule needed.
+# after 256 prompts at least and 2,048 at most (1,024 in the Colab T4 plan). On a CPU the tiny models give standard
+# errors far below the effects with a few hundred; smoke and tiny run their fixed counts and record the count the
+# rule needed.
 PRESET_TASKS = {
     "smoke": dict(n_prompts=32, batch_size=16),
     "tiny": dict(n_prompts=512, batch_size=64),
     "paper": dict(n_prompts=2048, batch_size=32, prepend_bos=False, stop_early=True),
+    "paper_t4": dict(n_prompts=1024, batch_size=32, prepend_bos=False, stop_early=True),  # the Colab T4 plan
 }
 
 
