@@ -204,3 +204,15 @@ def test_a_code_only_corpus_has_no_heldout_split_and_says_so():
     with pytest.raises(corpus.UniversalityError, match="no 'heldout' split"):
         corpus.token_stream("smoke", "heldout")
     assert corpus.split_names("smoke") == ["lm_train", "sae_train", "eval"]
+
+
+def test_natural_text_check_reads_the_heldout_split_of_one_kind(mixed):
+    from universality_lib import induction, zoo
+
+    p, _ = mixed
+    tok = corpus.load_tokenizer(p)
+    model = zoo.build(p, "T", tokenizer=tok)  # untrained: no induction
+    check = induction.natural_text_check(model, p, "text", n=8, seq_len=16)
+    assert not check.passed and 0.8 < check.ratio < 1.2 and len(check.per_position) == 32
+    with pytest.raises(corpus.UniversalityError, match="no 'heldout' split"):
+        induction.natural_text_check(model, "smoke", "code", n=8, seq_len=16)

@@ -101,3 +101,31 @@ def head_scores(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         q2 = torch.arange(1, tokens.shape[1])
         prev.append(pat[:, :, q2, q2 - 1].mean(dim=(0, 2)))
     return {"induction": torch.stack(ind), "previous": torch.stack(prev)}
+
+
+# ----------------------------------------------------------------------------- natural text (zoo v2 criterion)
+def heldout_snippets(stream_tokens: torch.Tensor, n: int, seq_len: int, bos_id: int,
+                     seed: int = 0) -> torch.Tensor:
+    """LongTensor [n, 2*seq_len + 1]: ``n`` distinct snippets of ``seq_len`` tokens that lie inside one
+    document (no end-of-text token in them), each followed by itself, after a BOS."""
+    body = len(stream_tokens) // seq_len
+    windows = stream_tokens[:body * seq_len].reshape(body, seq_len).long()  # [body, S], disjoint windows
+    inside = (windows != bos_id).all(dim=1).nonzero()[:, 0]
+    if len(inside) < n:
+        raise UniversalityError(f"the stream has {len(inside)} snippets of {seq_len} tokens inside a document, "
+                                f"fewer than the {n} asked for: ask for fewer or shorter snippets.")
+    g = torch.Generator().manual_seed(seed)
+    first = windows[inside[torch.randperm(len(inside), generator=g)[:n]]]  # [n, S]
+    return torch.cat([torch.full((n, 1), bos_id, dtype=torch.long), first, first], dim=1)
+
+
+def natural_text_check(model, preset, kind: str, n: int = 100, seq_len: int = 64, seed: int = 0,
+                       threshold: float = 0.5) -> InductionCheck:
+    """Induction on natural text no model or SAE ever read: ``n`` snippets of ``seq_len`` tokens of the
+    preset's ``heldout`` split (``kind``: ``"text"`` for English, ``"code"``), each followed by itself. The
+    ratio repeat / first copy tells whether the model copies real text, not only random tokens."""
+    from . import corpus
+
+    stream = corpus.token_stream(preset, "heldout", tokenizer=model.tokenizer, kind=kind)
+    rows = heldout_snippets(torch.from_numpy(stream.tokens.astype("int64")), n, seq_len, stream.bos_id, seed)
+    return induction_check(model, rows, threshold)
