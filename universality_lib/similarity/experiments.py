@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from .. import activations as acts
 from .. import cache, corpus, zoo
 from .. import saes as saes_mod
-from ..errors import UniversalityError
+from ..errors import StreamMismatchError, UniversalityError
 from ..models import family as model_family
 from ..presets import Preset, get as get_preset
-from .engine import PairStats
+from .engine import PairStats, default_backend
 from .result import MPPCResult
 
 __all__ = ["Condition", "conditions", "Source", "mppc_rows", "rows_hash", "compute", "default_max_gb", "run", "summary_table",
@@ -180,9 +180,10 @@ def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int 
     rows = items[0][1][0].rows
     for name, (sa, sb) in items:
         corpus.check_same_stream(items[0][1][0].stream_sha, sa.stream_sha, what="conditions of one pass")
+    _check_same_vocabulary([s for _, pair in items for s in pair])
     dev = next(items[0][1][0].model.parameters()).device
     if backend == "auto":
-        backend = "dense" if dev.type == "cuda" else "sparse"
+        backend = default_backend(dev)
     budget = (max_gb if max_gb is not None else default_max_gb(dev)) * 2**30
     # jobs: (condition, pairs) packed greedily into passes whose float64 cross sums fit the budget; a pair that
     # alone exceeds it gets a pass of its own
@@ -214,7 +215,7 @@ def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int 
             za, zb = sa.sizes(), sb.sizes()
             la, lb = sorted({ka for ka, _ in prs}), sorted({kb for _, kb in prs})
             st = PairStats({k: za[k] for k in la}, {k: zb[k] for k in lb}, pairs=prs, backend=backend,
-                           device=dev if backend == "dense" else "cpu")
+                           device="cpu" if backend == "sparse" else dev)
             accs.append((name, (la, lb), st))
             stats[name].append(st)
         models = {}  # id(model) -> (model, hooks, stop)
@@ -249,6 +250,24 @@ def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int 
     return out
 
 
+def _check_same_vocabulary(sources: list[Source]) -> None:
+    """Refuse sources whose models map token ids to different tokens: the same rows would be other text for one
+    of them. Compared by vocabulary (id -> token), which is what the rows depend on, not by tokenizer hash
+    (TransformerLens wraps its tokenizer to prepend BOS, which changes the hash, not the ids)."""
+    seen: dict[int, tuple[str, str]] = {}  # id(model) -> (vocabulary hash, source name)
+    for s in sources:
+        if id(s.model) not in seen:
+            tok = getattr(s.model, "tokenizer", None)
+            vocab = None if tok is None else cache.stable_hash(sorted(tok.get_vocab().items()))
+            seen[id(s.model)] = (vocab, s.name)
+    by_vocab = {v: name for v, name in seen.values()}
+    if len(by_vocab) > 1:
+        raise StreamMismatchError(
+            f"the models tokenize differently ({', '.join(f'{n}: vocabulary {v}' for v, n in by_vocab.items())}), "
+            f"so token id k is not the same token for both: compare models that share one tokenizer (the preset's, "
+            f"corpus.load_tokenizer(preset)).")
+
+
 def _unit_key(s: Source, layers):
     return (id(s.model), s.units, tuple((k, id(s.saes.get(k))) for k in layers))
 
@@ -276,8 +295,8 @@ def run(preset: "str | Preset", names=None, *, n_tokens: int | None = None, back
             spec["saes"] = _sae_keys(p, c)
         keys[n] = f"{n}-{cache.stable_hash(spec)}"
     kind = f"{KIND}/{p.name}"
-    out = {}
-    todo = [n for n in names if not (cache.cache_dir() / kind / keys[n] / cache.MANIFEST).exists()]
+    folders = {n: cache.verified_folder(kind, keys[n]) for n in names}  # None: absent, or corrupt and removed
+    todo = [n for n in names if folders[n] is None]
     if todo:
         with saes_mod.threads_set_to(threads):
             results = _compute_conditions(p, [conds[n] for n in todo], rows, backend=backend, device=device,
@@ -287,13 +306,8 @@ def run(preset: "str | Preset", names=None, *, n_tokens: int | None = None, back
             c = conds[n]
             res.meta.update({"preset": p.name, "condition": n, "label": c.label, "seed_a": c.seed_a,
                              "seed_b": c.seed_b})
-            cache.cached_folder(kind, keys[n], lambda tmp, r=res: r.save(tmp))
-    for n in names:
-        def missing(tmp, n=n):
-            raise UniversalityError(f"the MPPC result of {n!r} vanished from the cache while in use; run again.")
-
-        out[n] = MPPCResult.load(cache.cached_folder(kind, keys[n], missing))
-    return out
+            folders[n] = cache.cached_folder(kind, keys[n], lambda tmp, r=res: r.save(tmp))
+    return {n: MPPCResult.load(folders[n]) for n in names}
 
 
 def _n_layers(p: Preset, name: str) -> int:
