@@ -1,11 +1,15 @@
 """Command line: ``python -m universality_lib {train,book,info,report}``.
 
-* ``train --preset P [--models T T2 M] [--device cuda] [--max-steps N]``: train a preset's zoo (resumable).
+* ``train --preset P [--models T T2 M] [--device cuda] [--max-steps N]``: train a preset's zoo (resumable: Ctrl-C
+  or a kill keeps the last checkpoint, and the same command continues from it).
 * ``book --preset P [--out build] [--chapters ...] [--no-html]``: execute every chapter with papermill,
   then build the HTML book.
 * ``info --preset P``: the preset, its corpus manifest and its zoo.
 * ``report --preset P [--out build] [--results DIR] [--markdown]``: the reproduction report (claims C1-C10) from
   the chapters' results files; exits 1 when a chapter's results are missing.
+
+Exit status: 0 done; 1 (report) results missing; 2 a bad input or an unusable file or folder (one ``error:``
+line saying what to do); 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -50,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     _report_arguments(r)
 
     args = ap.parse_args(argv)
-    if args.cmd == "report":
-        from .report import run as _report
-
-        return _report(args.preset, args.out, args.results, args.markdown)
     try:
+        if args.cmd == "report":
+            from .report import run as _report
+
+            return _report(args.preset, args.out, args.results, args.markdown)
         preset = presets.get(args.preset)
         if args.cmd == "train":
             from pathlib import Path
@@ -88,4 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     except UniversalityError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; {_AGAIN.get(args.cmd, 'run the same command again')}.", file=sys.stderr)
+        return 130
     return 0
+
+
+_AGAIN = {  # what Ctrl-C tells the user
+    "train": "resume with the same command (it continues from the last checkpoint)",
+    "book": "run the same command again (the chapters that finished are restored from the cache)",
+}

@@ -14,6 +14,7 @@ text. This gives small models enough repeated structure to form induction circui
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,6 +32,33 @@ from .presets import TrainConfig
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: "str | torch.device | None") -> torch.device:
+    """``device`` checked against this machine (None: :func:`default_device`); one clear error otherwise."""
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UniversalityError(f"unknown device {device!r}: use 'cpu' or 'cuda' (or 'cuda:N'), or leave it out to "
+                                f"use the GPU when there is one.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UniversalityError(f"device {device!r} asked for, but torch sees no CUDA GPU on this machine "
+                                f"(torch {torch.__version__}): use 'cpu', or leave the device out.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UniversalityError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} "
+                                f"GPU(s): use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'.")
+    if dev.type not in ("cpu", "cuda"):
+        raise UniversalityError(f"device {device!r}: the library runs on 'cpu' or 'cuda'.")
+    return dev
+
+
+def check_max_steps(max_steps) -> None:
+    """``max_steps``: None (the whole run) or a whole number >= 1."""
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+        raise UniversalityError(f"max_steps must be a whole number >= 1 (the steps to train in this sitting) or "
+                                f"None (train to the end), got {max_steps!r}.")
 
 
 def peak_lr(cfg: TrainConfig, model) -> float:
@@ -114,7 +142,8 @@ def _save_checkpoint(model, opt, state: TrainState, folder: Path, save_model) ->
 
 
 def _load_checkpoint(model, opt, folder: Path, load_weights) -> TrainState:
-    cache.verify_manifest(folder)
+    cache.verify_manifest(folder, required=("model.safetensors", "optimizer.pt", "state.json"),
+                          fix=f"delete {folder} to start this run again from step 0")
     load_weights(model, folder)
     opt.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
     return TrainState(**json.loads((folder / "state.json").read_text()))
@@ -129,12 +158,24 @@ def train(model, stream: TokenStream, cfg: TrainConfig, out_dir: str | Path, *, 
     ``save_model(model, folder)`` / ``load_weights(model, folder)`` are the family's own (de)serialisers.
     ``eval_fn(model) -> dict`` is called every ``eval_every`` steps and logged. ``max_steps`` stops early
     (a sitting of a longer resumable run). Returns the final state; the log is ``out_dir/log.jsonl``.
+    One run at a time per ``out_dir``: a second one waits for the first, then resumes from its checkpoint.
+    Ctrl-C stops at once; the last checkpoint is kept, and running again resumes from it.
     """
+    device = resolve_device(device)
+    check_max_steps(max_steps)
+    if repeat_vocab is None and cfg.repeat_frac > 0:
+        raise UniversalityError("repeat_frac > 0 needs repeat_vocab (the tokens to draw random spans from)")
+    out_dir = cache.writable_dir(out_dir, "the training folder", "choose another --work-dir (work_dir=)")
+    with cache.locked(out_dir):
+        return _train(model, stream, cfg, out_dir, seed, save_model, load_weights, repeat_vocab, eval_fn, device,
+                      progress, max_steps)
+
+
+def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, repeat_vocab, eval_fn, device,
+           progress, max_steps) -> TrainState:
+    """(the run's lock held) :func:`train`."""
     from tqdm import tqdm
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = device or default_device()
     model.to(device).train()
     total = max(1, cfg.tokens // (cfg.batch_size * cfg.context))
     peak = peak_lr(cfg, model)
@@ -147,13 +188,14 @@ def train(model, stream: TokenStream, cfg: TrainConfig, out_dir: str | Path, *, 
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=peak, betas=cfg.betas, fused=device.type == "cuda")
     ckpt = out_dir / "checkpoint"
+    cache.recover(ckpt)  # a run killed while replacing its checkpoint left the previous one aside
     state = TrainState()
     if ckpt.exists():
         state = _load_checkpoint(model, opt, ckpt, load_weights)
         model.to(device)
         print(f"[train] resuming from step {state.step}/{total} ({state.tokens:,} tokens)")
-    if repeat_vocab is None and cfg.repeat_frac > 0:
-        raise UniversalityError("repeat_frac > 0 needs repeat_vocab (the tokens to draw random spans from)")
+    _trim_log(out_dir / "log.jsonl", state.step)
+    saved = state.step
     seed_data = cfg.data_seed + 7919 * seed
     batches = iter_batches(stream, cfg.batch_size, cfg.context, seed_data, start_step=state.step)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
@@ -196,6 +238,11 @@ def train(model, stream: TokenStream, cfg: TrainConfig, out_dir: str | Path, *, 
                 bar.set_postfix(loss=f"{state.last_loss:.3f}")
             if state.step % cfg.checkpoint_every == 0 or state.step == stop:
                 _save_checkpoint(model, opt, state, ckpt, save_model)
+                saved = state.step
+    except KeyboardInterrupt:
+        print(f"\n[train] interrupted at step {state.step}/{total}; the last checkpoint (step {saved}) is in {ckpt}: "
+              f"run the same command again to resume from it.", flush=True)
+        raise
     finally:
         bar.close()
         log.close()
@@ -203,16 +250,27 @@ def train(model, stream: TokenStream, cfg: TrainConfig, out_dir: str | Path, *, 
     return state
 
 
+def _log_rows(path: Path) -> list[dict]:
+    """The rows of a JSONL loss log, in file order (a line cut short by a kill is skipped)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(json.JSONDecodeError):
+            row = json.loads(line)
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+    return rows
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the log rows of steps <= ``step``: a resumed run logs the steps after its checkpoint again."""
+    if path.exists():
+        keep = [r for r in _log_rows(path) if r["step"] <= step]
+        cache.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+
 def read_log(out_dir: str | Path) -> list[dict]:
-    """The JSONL loss log of a run (later rows win when a resumed run repeats a step)."""
-    path = Path(out_dir) / "log.jsonl"
-    if not path.exists():
-        return []
-    rows = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            rows[r["step"]] = r
+    """The JSONL loss log of a run, one row per step (later rows win when a log repeats a step)."""
+    rows = {r["step"]: r for r in _log_rows(Path(out_dir) / "log.jsonl")}
     return [rows[k] for k in sorted(rows)]
 
 

@@ -100,7 +100,7 @@ def load_weights(model, folder: str | Path) -> None:
 def load_folder(folder: str | Path, tokenizer, device: str = "cpu"):
     """Load a verified checkpoint folder written by ``save_model``."""
     folder = Path(folder)
-    cache.verify_manifest(folder)
+    cache.verify_manifest(folder, required=("config.json", "model.safetensors"))
     meta = json.loads((folder / "config.json").read_text())
     trained = folder / "train_meta.json"
     if trained.exists():
@@ -141,7 +141,7 @@ def load(preset: "str | Preset", name: str, device: str | None = None, train_if_
     time; ``paper`` loads from the hub. ``M0`` is always the untrained baseline.
     """
     p = get_preset(preset)
-    device = device or str(_default_device())
+    device = str(_resolve_device(device))
     if p.needs_internet:
         return _load_paper(p, name, device)
     tok = corpus.load_tokenizer(p)
@@ -149,12 +149,16 @@ def load(preset: "str | Preset", name: str, device: str | None = None, train_if_
         return build(p, name, tokenizer=tok, device=device).eval()
     spec(p, name)  # validates the name
     folder = model_dir(p, name)
+    cache.recover(folder)  # an install killed half-way left the previous checkpoint aside
     if not (folder / cache.MANIFEST).exists():
         if train_if_missing is None:
             train_if_missing = not p.shipped
+        if p.shipped and folder.exists() and not train_if_missing:
+            cache.read_manifest(folder)  # a shipped folder without its manifest: the error says to restore it
         if not train_if_missing:
+            fix = f"restore it with `git checkout -- {folder}`, or retrain it with " if p.shipped else "train it with "
             raise UniversalityError(
-                f"no trained checkpoint for {name!r} at {folder}: train it with "
+                f"no trained checkpoint for {name!r} at {folder}: {fix}"
                 f"`python -m universality_lib train --preset {p.name}` (resumable; uses a GPU when there is one), "
                 f"or run the book at preset 'smoke'.")
         train_model(p, name, device=device)
@@ -183,10 +187,10 @@ def _load_paper(p: Preset, name: str, device: str):
     return HookedMamba.from_pretrained(hub, tokenizer=tok).to(device).eval()
 
 
-def _default_device() -> torch.device:
-    from .train import default_device
+def _resolve_device(device) -> torch.device:
+    from .train import resolve_device
 
-    return default_device()
+    return resolve_device(device)
 
 
 # ----------------------------------------------------------------------------- training
@@ -198,7 +202,7 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
     (run again to continue).
     """
     from .induction import induction_check, repeated_random_tokens
-    from .train import train
+    from .train import check_max_steps, read_log, train
 
     p = get_preset(preset)
     family, seed = spec(p, name)
@@ -206,11 +210,13 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
         raise UniversalityError(f"{RANDOM_BASELINE} is the untrained baseline: there is nothing to train.")
     if p.needs_internet:
         raise UniversalityError("the 'paper' preset uses the published checkpoints; there is nothing to train.")
-    dev = torch.device(device) if device else _default_device()
+    dev = _resolve_device(device)
+    check_max_steps(max_steps)
+    work = Path(work_dir) if work_dir else cache.cache_dir() / "runs" / p.name / _key(p) / name
+    cache.writable_dir(work, "the training folder", "choose another --work-dir (work_dir=)")
     tok = corpus.load_tokenizer(p)
     stream = corpus.token_stream(p, "lm_train", tok)
     vocab = corpus.frequent_tokens(corpus.token_stream(p, "eval", tok), 1000)
-    work = Path(work_dir) if work_dir else cache.cache_dir() / "runs" / p.name / _key(p) / name
     model = build(p, name, tokenizer=tok, device=str(dev))
     probe = repeated_random_tokens(vocab, 16, min(64, (p.train.context - 1) // 2), tok.bos_token_id, seed=99)
 
@@ -229,7 +235,7 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
     manifest = corpus.manifest(p)
     with cache.building(dest) as tmp:
         save_model(model.cpu(), tmp)
-        shutil.copy(work / "log.jsonl", tmp / "log.jsonl")
+        (tmp / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in read_log(work)))  # one row per step
         cache.atomic_write_json(tmp / "corpus_manifest.json", manifest)
         cache.atomic_write_json(tmp / "train_meta.json", {
             "preset": p.name, "name": name, "family": family, "seed": seed,
