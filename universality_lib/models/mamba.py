@@ -8,7 +8,7 @@ The architecture is exactly mamba_ssm's ``MambaLMHeadModel`` / HF ``MambaForCaus
 
 Glossary of symbols (used in the shape comments on every tensor line)
     B   batch size                          L   sequence length (positions)
-    D   d_model (residual width)            E   d_inner = expand * D (SSM channels)
+    D   d_model (residual width)            E   d_inner = int(expand * D) (SSM channels)
     N   d_state (state size per channel)    R   dt_rank (rank of the Δ projection, ceil(D/16) by default)
     K   d_conv (causal depthwise conv width, 4)
     V   d_vocab (vocabulary size, *padded*: mamba-130m pads 50277 -> 50280; logits have V columns)
@@ -54,6 +54,14 @@ hook_h.*), in which case exact mode is used automatically (so ``run_with_cache()
 hooks everything, is exact). An explicit ``scan="fast"`` together with hooks on exact-only points raises
 :class:`UniversalityError`, except in ``run_with_cache(..., scan="fast")`` where exact-only names are simply
 left out of the cache.
+
+Length. Neither scan has a length limit. Only positions t < ``cfg.n_ctx`` (default 1024) have a ``hook_h.{t}``
+point; set it when loading (``HookedMamba.from_pretrained(path, n_ctx=4096)``). An exact run that hooks states
+(e.g. ``run_with_cache()`` with no filter) of a longer sequence is refused rather than cached in part.
+
+Precision. A float64 model computes in float64 throughout (A, the RMSNorm statistics, the numba float64 scan),
+whereas HF rounds A and its norms to float32 at any dtype; bfloat16/float16 models compute A and the norm
+statistics in float32, as mamba_ssm does.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import re
 import tempfile
@@ -91,6 +100,25 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of A and of the RMSNorm statistics: at least float32 (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+_CHECKED_FIELDS = ("d_model", "n_layers", "d_vocab", "d_state", "d_conv", "dt_rank", "n_ctx", "expand")
+
+
+def field_problem(name: str, value: Any) -> Optional[str]:
+    """What is wrong with a value of a size field of :class:`MambaConfig` (None when nothing is)."""
+    if name not in _CHECKED_FIELDS:
+        return None
+    number = numbers.Real if name == "expand" else numbers.Integral
+    if isinstance(value, bool) or not isinstance(value, number) or not value > 0:
+        kind = "a positive number" if name == "expand" else "a positive integer"
+        return f"must be {kind}, got {value!r} ({type(value).__name__})"
+    return None
+
+
 # ==================================================================================================
 # Config
 # ==================================================================================================
@@ -99,7 +127,11 @@ class MambaConfig:
     """Hyper-parameters of a Mamba-1 LM. ``d_inner`` and ``dt_rank`` are derived in ``__post_init__``.
 
     ``d_vocab`` is the (padded) number of rows of the embedding. ``n_ctx`` is the number of positions that
-    get a ``hook_h.{t}`` hook point (exact mode only); fast mode has no length limit.
+    get a ``hook_h.{t}`` hook point (exact mode only); it limits nothing else (the loaders take ``n_ctx=``).
+    ``expand`` may be fractional, as in mamba_ssm (``d_inner = int(expand * d_model)``).
+
+    Precision: the parameters are ``dtype``; ``A = -exp(A_log)`` and the RMSNorm statistics are computed in
+    at least float32 (float32 for bfloat16/float16 models, as mamba_ssm does; float64 stays float64).
     """
 
     d_model: int
@@ -107,7 +139,7 @@ class MambaConfig:
     d_vocab: int
     d_state: int = 16
     d_conv: int = 4
-    expand: int = 2
+    expand: float = 2
     dt_rank: Optional[int] = None
     n_ctx: int = 1024
     rms_norm_eps: float = 1e-5
@@ -134,14 +166,17 @@ class MambaConfig:
             if self.dtype.replace("torch.", "") not in _DTYPES:
                 raise UniversalityError(f"MambaConfig.dtype={self.dtype!r}: use one of {sorted(_DTYPES)}")
             self.dtype = _DTYPES[self.dtype.replace("torch.", "")]
-        for name in ("d_model", "n_layers", "d_vocab", "d_state", "d_conv", "expand", "n_ctx"):
-            if int(getattr(self, name)) <= 0:
-                raise UniversalityError(f"MambaConfig.{name} must be a positive integer, got {getattr(self, name)}")
+        for name in _CHECKED_FIELDS:
+            problem = field_problem(name, getattr(self, name))
+            if problem:
+                raise UniversalityError(f"MambaConfig.{name} {problem}")
+        if self.d_inner < 1:
+            raise UniversalityError(f"MambaConfig: int(expand * d_model) = {self.d_inner}: use a larger expand")
 
     # TransformerLens-style aliases read by analysis code
     @property
     def d_inner(self) -> int:
-        return self.expand * self.d_model
+        return int(self.expand * self.d_model)
 
     @property
     def n_layer(self) -> int:
@@ -170,7 +205,7 @@ class MambaConfig:
 # Modules
 # ==================================================================================================
 class RMSNorm(nn.Module):
-    """RMSNorm as in mamba_ssm / HF (statistics in float32, then scaled by the weight)."""
+    """RMSNorm as in mamba_ssm / HF (statistics in at least float32, then scaled by the weight)."""
 
     def __init__(self, d: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
@@ -178,7 +213,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))  # [D]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()  # [B,L,D]
+        xf = x.to(_stat_dtype(x.dtype))  # [B,L,D] float32, or float64 for a float64 model
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)  # [B,L,D]
         return self.weight * xf.to(x.dtype)  # [B,L,D]
 
@@ -228,11 +263,15 @@ class MambaBlock(nn.Module):
         self.hook_out_proj = HookPoint()  # [B,L,D]
         self.hook_resid_post = HookPoint()  # [B,L,D]
 
+    def hooked_states(self, L: int) -> List[int]:
+        """The positions t < L whose ``hook_h.{t}`` has a hook attached."""
+        return [t for t in range(min(L, len(self.hook_h))) if _has_hooks(self.hook_h[t])]
+
     def needs_exact(self, L: int) -> bool:
         """True when a hook is attached to a point that only the exact scan fires."""
         if _has_hooks(self.hook_A_bar) or _has_hooks(self.hook_B_bar) or _has_hooks(self.hook_h_start):
             return True
-        return any(_has_hooks(self.hook_h[t]) for t in range(min(L, len(self.hook_h))))
+        return bool(self.hooked_states(L))
 
     def forward(self, resid: torch.Tensor, exact: bool = False) -> torch.Tensor:
         cfg = self.cfg
@@ -257,19 +296,14 @@ class MambaBlock(nn.Module):
         C = self.hook_C(C)  # [B,L,N]
         delta_2 = self.hook_delta_2(self.dt_proj(delta_1))  # [B,L,E] (bias included)
         delta = self.hook_delta(F.softplus(delta_2))  # [B,L,E]
-        A = self.hook_A(-torch.exp(self.A_log.float()))  # [E,N]
+        A = self.hook_A(-torch.exp(self.A_log.to(_stat_dtype(self.A_log.dtype))))  # [E,N]
 
         if exact:
-            if L > len(self.hook_h):
-                raise UniversalityError(
-                    f"exact scan: sequence length {L} > n_ctx={len(self.hook_h)} (one hook_h.t per position); "
-                    "use scan='fast' or a model with a larger cfg.n_ctx"
-                )
             A_bar, B_bar = discretize(delta, A, Bm)  # [B,L,E,N] each
             A_bar = self.hook_A_bar(A_bar)  # [B,L,E,N]
             B_bar = self.hook_B_bar(B_bar)  # [B,L,E,N]
             h0 = self.hook_h_start(x.new_zeros(Bsz, E, N))  # [B,E,N]
-            hooked = [t for t in range(L) if _has_hooks(self.hook_h[t])]
+            hooked = self.hooked_states(L)  # positions past n_ctx have no hook point (HookedMamba.forward checks)
             state_hook = None
             if hooked:
                 hooked_set = set(hooked)
@@ -348,7 +382,7 @@ class HookedMamba(HookedRootModule):
             ).clamp(min=cfg.dt_init_floor)  # [E]
             inv_dt = dt + torch.log(-torch.expm1(-dt))  # [E] inverse softplus
             blk.dt_proj.bias.copy_(inv_dt.to(blk.dt_proj.bias.dtype))
-            A = torch.arange(1, N + 1, dtype=torch.float32).repeat(E, 1)  # [E,N]
+            A = torch.arange(1, N + 1, dtype=_stat_dtype(blk.A_log.dtype)).repeat(E, 1)  # [E,N]
             blk.A_log.copy_(torch.log(A).to(blk.A_log.dtype))
             blk.D.fill_(1.0)
             for lin in (blk.in_proj, blk.out_proj):
@@ -459,6 +493,18 @@ class HookedMamba(HookedRootModule):
             f"in blocks {hooked}; use scan='exact' or scan=None (auto)"
         )
 
+    def _check_state_hooks(self, L: int) -> None:
+        """Refuse an exact run that hooks states but is longer than the n_ctx positions that have a hook_h.t."""
+        n = self.cfg.n_ctx
+        hooked = [b.layer for b in self.blocks if b.hooked_states(L)]
+        if L > n and hooked:
+            raise UniversalityError(
+                f"hooks on hook_h.t in blocks {hooked}, but the sequence has {L} positions and only the first "
+                f"n_ctx={n} have a hook_h.t: load the model with n_ctx={L} or more (HookedMamba.from_pretrained(path, "
+                f"n_ctx={L}), or HookedMamba(dataclasses.replace(cfg, n_ctx={L}))), or leave hook_h.t out "
+                f"(names_filter); the scan itself has no length limit"
+            )
+
     def forward(
         self,
         input: Union[torch.Tensor, str, List[str]],
@@ -496,6 +542,8 @@ class HookedMamba(HookedRootModule):
             raise UniversalityError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         L = tokens.shape[1]
         exact = self._resolve_scan(scan, L)
+        if exact:
+            self._check_state_hooks(L)
 
         n_run = self.cfg.n_layers
         if stop_at_layer is not None:
@@ -566,136 +614,230 @@ class HookedMamba(HookedRootModule):
             self.tokenizer.save_pretrained(folder)
 
     @classmethod
-    def load(cls, folder, tokenizer=None, device=None) -> "HookedMamba":
-        """Load a folder written by :meth:`save`."""
+    def load(cls, folder, tokenizer=None, device=None, dtype=None, n_ctx: Optional[int] = None) -> "HookedMamba":
+        """Load a folder written by :meth:`save`; ``device``, ``dtype`` and ``n_ctx`` override the saved ones."""
         from safetensors.torch import load_file
 
         cfg_path = os.path.join(folder, "config.json")
         meta = _read_json(cfg_path)
         if meta.get("format") != _OWN_FORMAT:
             raise UniversalityError(f"{cfg_path} is not a {_OWN_FORMAT} config (use from_pretrained to detect formats)")
-        cfgd = dict(meta["config"])
-        if device is not None:
-            cfgd["device"] = str(device)
-        cfg = MambaConfig.from_dict(cfgd)
+        given = {"device": str(device) if device is not None else None, "dtype": dtype, "n_ctx": n_ctx}
+        cfg = MambaConfig.from_dict({**meta["config"], **{k: v for k, v in given.items() if v is not None}})
         sd = load_file(os.path.join(folder, "model.safetensors"), device=str(cfg.device))
         if tokenizer is None:
             tokenizer = _local_tokenizer(folder)
-        return cls._from_state_dict(cfg, sd, tokenizer)
+        return cls._from_state_dict(cfg, sd, tokenizer, _OWN_KEYS, cfg_path)
 
     @classmethod
-    def _from_state_dict(cls, cfg: MambaConfig, sd: Dict[str, torch.Tensor], tokenizer=None) -> "HookedMamba":
+    def _from_state_dict(cls, cfg: MambaConfig, sd: Dict[str, torch.Tensor], tokenizer=None,
+                         keys: Optional[Dict[str, str]] = None, where: str = "the checkpoint") -> "HookedMamba":
+        """A model with the weights ``sd`` (our names). Sizes that disagree with ``cfg`` are refused, naming the
+        field as ``where`` (a config.json) spells it (``keys``: our field -> its key)."""
+        keys = keys or _OWN_KEYS
+        _check_weight_sizes(cfg, sd, keys, where)
         seed_cfg = dataclasses.replace(cfg, seed=0)  # weights are overwritten; avoid touching the global RNG
         model = cls(seed_cfg, tokenizer=tokenizer)
         model.cfg.seed = cfg.seed
-        sd = dict(sd)
+        sd = {k: v.to(device=cfg.device, dtype=cfg.dtype) for k, v in sd.items()}
         if cfg.tie_embeddings:
             sd.pop("lm_head.weight", None)
             sd["lm_head.weight"] = sd["embed.weight"]
+        own = model.state_dict()
+        wrong = [f"{k} is {list(v.shape)}, the config gives {list(own[k].shape)}"
+                 for k, v in sd.items() if k in own and v.shape != own[k].shape]
+        if wrong:
+            raise UniversalityError(f"{where} does not match the weights: {'; '.join(wrong)}")
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:
-            raise UniversalityError(f"checkpoint does not match the config: missing {missing}, unexpected {unexpected}")
+            flags = ", ".join(keys[f] for f in ("n_layers", "bias", "conv_bias", "tie_embeddings"))
+            raise UniversalityError(f"{where} does not match the weights: missing {missing}, unexpected {unexpected} "
+                                    f"(check {flags})")
         return model
 
     @classmethod
-    def from_state_spaces(cls, path, tokenizer=None, device=None, dtype=None) -> "HookedMamba":
+    def from_state_spaces(cls, path, tokenizer=None, device=None, dtype=None, n_ctx: Optional[int] = None
+                          ) -> "HookedMamba":
         """Load a mamba_ssm ``MambaLMHeadModel`` folder (``config.json`` + ``pytorch_model.bin``).
 
-        ``d_vocab`` is the padded size (``vocab_size`` rounded up to ``pad_vocab_size_multiple``, as mamba_ssm
-        does; mamba-130m: 50277 -> 50280); the extra rows are never produced by the tokenizer."""
-        conf = _read_json(os.path.join(path, "config.json"))
-        ssm = dict(conf.get("ssm_cfg") or {})
-        if ssm.get("layer", "Mamba1") != "Mamba1":
-            raise UniversalityError(f"{path}: ssm_cfg.layer={ssm['layer']!r}; only Mamba-1 checkpoints are supported")
-        if not conf.get("rms_norm", True):
-            raise UniversalityError(f"{path}: rms_norm=false (LayerNorm) checkpoints are not supported")
-        if conf.get("d_intermediate", 0):
-            raise UniversalityError(f"{path}: d_intermediate>0 (MLP after each mixer) is not supported")
-        sd = _load_weights(path)
-        vocab = conf["vocab_size"]
-        mult = conf.get("pad_vocab_size_multiple", 8) or 1
-        if vocab % mult:
-            vocab += mult - vocab % mult
-        vocab = sd["backbone.embedding.weight"].shape[0] if "backbone.embedding.weight" in sd else vocab
-        cfg = MambaConfig(
-            d_model=conf["d_model"],
-            n_layers=conf["n_layer"],
-            d_vocab=vocab,
-            d_state=ssm.get("d_state", 16),
-            d_conv=ssm.get("d_conv", 4),
-            expand=ssm.get("expand", 2),
-            dt_rank=ssm.get("dt_rank", "auto"),
-            conv_bias=ssm.get("conv_bias", True),
-            bias=ssm.get("bias", False),
-            dt_min=ssm.get("dt_min", 0.001),
-            dt_max=ssm.get("dt_max", 0.1),
-            dt_init_floor=ssm.get("dt_init_floor", 1e-4),
-            rms_norm_eps=conf.get("norm_epsilon", 1e-5),
-            tie_embeddings=conf.get("tie_embeddings", True),
-            device=device or "cpu",
-            dtype=dtype or torch.float32,
-            model_name=os.path.basename(os.path.normpath(str(path))),
-        )
+        ``d_vocab`` is the embedding's number of rows (mamba_ssm pads ``vocab_size`` to a multiple of
+        ``pad_vocab_size_multiple``; mamba-130m: 50277 -> 50280); the extra rows are never produced by the
+        tokenizer. ``n_ctx``: the number of ``hook_h.{t}`` points (default 1024). A config field that would
+        change the computation and that HookedMamba does not implement is refused, naming the field."""
+        where = os.path.join(path, "config.json")
+        conf = _read_json(where)
+        sd = _rename_backbone(_load_weights(path))
+        cfg = _config_from(conf, _SS_KEYS, where, d_vocab=_embedding_rows(sd, where),
+                           **_load_kwargs(path, device, dtype, n_ctx))
+        _refuse(where, _state_spaces_refusals(conf) + _shared_refusals(conf, cfg))
         if tokenizer is None:
             tokenizer = _local_tokenizer(path)
-        return cls._from_state_dict(cfg, _rename_backbone(sd, cfg), tokenizer)
+        return cls._from_state_dict(cfg, sd, tokenizer, _SS_KEYS, where)
 
     @classmethod
-    def from_hf(cls, path, tokenizer=None, device=None, dtype=None) -> "HookedMamba":
-        """Load a transformers ``MambaForCausalLM`` folder (``save_pretrained`` format, safetensors or bin)."""
-        conf = _read_json(os.path.join(path, "config.json"))
-        if conf.get("model_type", "mamba") != "mamba":
-            raise UniversalityError(f"{path}: model_type={conf.get('model_type')!r}, expected 'mamba'")
-        d_model = conf["hidden_size"]
-        expand = conf.get("expand", 2)
-        if conf.get("intermediate_size", expand * d_model) != expand * d_model:
-            raise UniversalityError(f"{path}: intermediate_size != expand * hidden_size is not supported")
-        sd = _load_weights(path)
-        cfg = MambaConfig(
-            d_model=d_model,
-            n_layers=conf["num_hidden_layers"],
-            d_vocab=sd["backbone.embeddings.weight"].shape[0],
-            d_state=conf.get("state_size", 16),
-            d_conv=conf.get("conv_kernel", 4),
-            expand=expand,
-            dt_rank=conf.get("time_step_rank", "auto"),
-            conv_bias=conf.get("use_conv_bias", True),
-            bias=conf.get("use_bias", False),
-            dt_min=conf.get("time_step_min", 0.001),
-            dt_max=conf.get("time_step_max", 0.1),
-            dt_init_floor=conf.get("time_step_floor", 1e-4),
-            dt_scale=conf.get("time_step_scale", 1.0),
-            rms_norm_eps=conf.get("layer_norm_epsilon", 1e-5),
-            tie_embeddings=conf.get("tie_word_embeddings", True),
-            device=device or "cpu",
-            dtype=dtype or torch.float32,
-            model_name=os.path.basename(os.path.normpath(str(path))),
-        )
+    def from_hf(cls, path, tokenizer=None, device=None, dtype=None, n_ctx: Optional[int] = None) -> "HookedMamba":
+        """Load a transformers ``MambaForCausalLM`` folder (``save_pretrained`` format, safetensors or bin).
+
+        ``n_ctx``: the number of ``hook_h.{t}`` points (default 1024). A config field that would change the
+        computation and that HookedMamba does not implement is refused, naming the field."""
+        where = os.path.join(path, "config.json")
+        conf = _read_json(where)
+        sd = _rename_backbone(_load_weights(path))
+        cfg = _config_from(conf, _HF_KEYS, where, d_vocab=_embedding_rows(sd, where),
+                           **_load_kwargs(path, device, dtype, n_ctx))
+        _refuse(where, _hf_refusals(conf, cfg) + _shared_refusals(conf, cfg))
         if tokenizer is None:
             tokenizer = _local_tokenizer(path)
-        return cls._from_state_dict(cfg, _rename_backbone(sd, cfg), tokenizer)
+        return cls._from_state_dict(cfg, sd, tokenizer, _HF_KEYS, where)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, tokenizer=None, device=None, dtype=None) -> "HookedMamba":
+    def from_pretrained(cls, name_or_path: str, tokenizer=None, device=None, dtype=None,
+                        n_ctx: Optional[int] = None) -> "HookedMamba":
         """Local folder (own / state-spaces / HF format, detected from ``config.json``) or a hub repo id.
 
         Hub ids (e.g. the paper's ``"state-spaces/mamba-130m"``) are fetched with
-        ``huggingface_hub.snapshot_download``; any offline/connection failure raises :class:`OfflineError`.
-        A state-spaces snapshot without tokenizer files gets the GPT-NeoX-20B tokenizer (also from the hub)."""
-        path = str(name_or_path)
-        if not os.path.isdir(path):
-            path = str(hub.snapshot(path, ["config.json", "*.bin", "*.safetensors", "*.json", "*.txt", "*.model"],
-                                    what="Mamba model"))
-            if tokenizer is None and _local_tokenizer(path) is None:
-                tokenizer = hub.tokenizer(MAMBA_TOKENIZER)
+        ``huggingface_hub.snapshot_download``; any offline/connection failure raises :class:`OfflineError`, and
+        a path that names no folder (or an empty one) says so (:func:`universality_lib.hub.snapshot`).
+        A state-spaces snapshot without tokenizer files gets the GPT-NeoX-20B tokenizer (also from the hub).
+        ``n_ctx`` sets the number of ``hook_h.{t}`` points (the longest sequence whose states can be hooked)."""
+        from_hub = not os.path.isdir(os.path.expanduser(str(name_or_path)))
+        path = str(hub.snapshot(str(name_or_path), ["config.json", "*.bin", "*.safetensors", "*.json", "*.txt",
+                                                    "*.model"], what="Mamba model"))
+        if from_hub and tokenizer is None and _local_tokenizer(path) is None:
+            tokenizer = hub.tokenizer(MAMBA_TOKENIZER)
         conf = _read_json(os.path.join(path, "config.json"))
+        kw = dict(tokenizer=tokenizer, device=device, dtype=dtype, n_ctx=n_ctx)
         if conf.get("format") == _OWN_FORMAT:
-            return cls.load(path, tokenizer=tokenizer, device=device)
+            return cls.load(path, **kw)
         if "d_model" in conf and "n_layer" in conf:
-            return cls.from_state_spaces(path, tokenizer=tokenizer, device=device, dtype=dtype)
+            return cls.from_state_spaces(path, **kw)
         if conf.get("model_type") == "mamba" or "hidden_size" in conf:
-            return cls.from_hf(path, tokenizer=tokenizer, device=device, dtype=dtype)
+            return cls.from_hf(path, **kw)
         raise UniversalityError(f"{path}/config.json: not a HookedMamba, state-spaces or HF Mamba config")
+
+
+# ==================================================================================================
+# loading: config.json fields, refusals, weight sizes
+# ==================================================================================================
+# our MambaConfig field -> its key in each format's config.json (state-spaces: mamba_ssm's MambaConfig, whose
+# ssm_cfg holds the Mamba mixer's arguments)
+_HF_KEYS = {
+    "d_model": "hidden_size", "n_layers": "num_hidden_layers", "d_state": "state_size", "d_conv": "conv_kernel",
+    "expand": "expand", "dt_rank": "time_step_rank", "conv_bias": "use_conv_bias", "bias": "use_bias",
+    "dt_min": "time_step_min", "dt_max": "time_step_max", "dt_init_floor": "time_step_floor",
+    "dt_scale": "time_step_scale", "rms_norm_eps": "layer_norm_epsilon", "tie_embeddings": "tie_word_embeddings",
+}
+_SS_MIXER = ("d_state", "d_conv", "expand", "dt_rank", "conv_bias", "bias", "dt_min", "dt_max", "dt_init_floor",
+             "dt_scale")
+_SS_KEYS = {"d_model": "d_model", "n_layers": "n_layer", "rms_norm_eps": "norm_epsilon",
+            "tie_embeddings": "tie_embeddings", **{f: f"ssm_cfg.{f}" for f in _SS_MIXER}}
+_OWN_KEYS = {f.name: f"config.{f.name}" for f in dataclasses.fields(MambaConfig)}
+# the other arguments mamba_ssm's Mamba-1 mixer takes (they change nothing computed here); any other ssm_cfg key
+# is refused, as mamba_ssm refuses it
+_SS_MIXER_OTHER = {"dt_init", "use_fast_path", "layer", "layer_idx", "device", "dtype"}
+_SILU = ("silu", "swish")  # HF's names for the activation HookedMamba implements
+
+
+def _lookup(conf: Dict[str, Any], key: str) -> Any:
+    """``conf[key]``, where ``key`` may be dotted (``ssm_cfg.d_state``); ``_ABSENT`` when it is not there."""
+    for part in key.split("."):
+        if not isinstance(conf, dict) or part not in conf:
+            return _ABSENT
+        conf = conf[part]
+    return conf
+
+
+_ABSENT = object()
+
+
+def _config_from(conf: Dict[str, Any], keys: Dict[str, str], where: str, **given: Any) -> MambaConfig:
+    """A MambaConfig from a checkpoint's config.json (absent keys take our defaults, which are mamba_ssm's).
+    A bad size field is named as the file spells it."""
+    kw = {}
+    for field, key in keys.items():
+        value = _lookup(conf, key)
+        if value is _ABSENT or value is None or (field == "dt_rank" and value == "auto"):
+            continue
+        problem = field_problem(field, value)
+        if problem:
+            raise UniversalityError(f"{where}: {key} {problem}: fix config.json")
+        kw[field] = value
+    return MambaConfig(**kw, **given)
+
+
+def _load_kwargs(path, device, dtype, n_ctx) -> Dict[str, Any]:
+    name = os.path.basename(os.path.normpath(str(path)))
+    kw = dict(device=device or "cpu", dtype=dtype or torch.float32, model_name=name)
+    return kw if n_ctx is None else {**kw, "n_ctx": n_ctx}
+
+
+def _state_spaces_refusals(conf: Dict[str, Any]) -> List[str]:
+    """The fields of a mamba_ssm config that ask for a computation HookedMamba does not implement."""
+    ssm = conf.get("ssm_cfg") or {}
+    out = []
+    if ssm.get("layer", "Mamba1") != "Mamba1":
+        out.append(f"ssm_cfg.layer={ssm['layer']!r} (only Mamba-1 is implemented)")
+    unknown = sorted(set(ssm) - set(_SS_MIXER) - _SS_MIXER_OTHER)
+    if unknown:
+        out.append(f"ssm_cfg keys {unknown} (not arguments of mamba_ssm's Mamba-1 mixer)")
+    if not conf.get("rms_norm", True):
+        out.append("rms_norm=false (LayerNorm instead of RMSNorm)")
+    if conf.get("d_intermediate", 0):
+        out.append(f"d_intermediate={conf['d_intermediate']} (an MLP after each mixer)")
+    if conf.get("attn_layer_idx"):
+        out.append(f"attn_layer_idx={conf['attn_layer_idx']} (hybrid attention layers)")
+    return out
+
+
+def _hf_refusals(conf: Dict[str, Any], cfg: MambaConfig) -> List[str]:
+    """The fields of an HF MambaConfig that ask for a computation HookedMamba does not implement."""
+    out = []
+    if conf.get("model_type", "mamba") != "mamba":
+        out.append(f"model_type={conf.get('model_type')!r} (expected 'mamba')")
+    if conf.get("hidden_act", "silu") not in _SILU:
+        out.append(f"hidden_act={conf['hidden_act']!r} (HookedMamba's blocks use SiLU: {' / '.join(_SILU)})")
+    if conf.get("intermediate_size", cfg.d_inner) != cfg.d_inner:
+        out.append(f"intermediate_size={conf['intermediate_size']} (not int(expand * hidden_size) = {cfg.d_inner})")
+    return out
+
+
+def _shared_refusals(conf: Dict[str, Any], cfg: MambaConfig) -> List[str]:
+    if conf.get("residual_in_fp32", True) and cfg.dtype in (torch.float16, torch.bfloat16):
+        return [f"residual_in_fp32 with dtype {_dtype_name(cfg.dtype)} (HookedMamba keeps the residual stream in "
+                f"the model dtype: load with dtype=torch.float32)"]
+    return []
+
+
+def _refuse(where: str, problems: List[str]) -> None:
+    if problems:
+        raise UniversalityError(f"{where}: HookedMamba does not implement {'; '.join(problems)}. It runs Mamba-1 "
+                                "blocks only (SiLU, RMSNorm, no MLP or attention layers): use another checkpoint")
+
+
+def _embedding_rows(sd: Dict[str, torch.Tensor], where: str) -> int:
+    if "embed.weight" not in sd:
+        raise UniversalityError(f"the weights next to {where} have no embedding (backbone.embedding(s).weight)")
+    return sd["embed.weight"].shape[0]
+
+
+# MambaConfig size field -> (a tensor whose shape shows it, the dimension)
+_SIZE_IN = {"d_model": ("embed.weight", 1), "expand": ("blocks.0.A_log", 0), "d_state": ("blocks.0.A_log", 1),
+            "d_conv": ("blocks.0.conv1d.weight", 2), "dt_rank": ("blocks.0.dt_proj.weight", 1)}
+
+
+def _check_weight_sizes(cfg: MambaConfig, sd: Dict[str, torch.Tensor], keys: Dict[str, str], where: str) -> None:
+    """Refuse weights (our names) whose sizes disagree with ``cfg``, naming the config field (``keys``)."""
+    for field, (name, dim) in _SIZE_IN.items():
+        want = cfg.d_inner if field == "expand" else getattr(cfg, field)
+        t = sd.get(name)
+        if t is not None and t.dim() > dim and t.shape[dim] != want:
+            size = f"d_inner = int(expand * d_model) = {want}" if field == "expand" else f"{field} = {want}"
+            raise UniversalityError(f"{where} does not match the weights: {keys[field]} gives {size}, but {name} is "
+                                    f"{list(t.shape)}: fix config.json, or use the weights it was written with")
+    blocks = {int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m}
+    if len(blocks) != cfg.n_layers:
+        raise UniversalityError(f"{where} does not match the weights: {keys['n_layers']} = {cfg.n_layers}, but the "
+                                f"weights have {len(blocks)} blocks: fix config.json")
 
 
 # ==================================================================================================
@@ -751,7 +893,7 @@ def _load_weights(path: str) -> Dict[str, torch.Tensor]:
 
 
 
-def _rename_backbone(sd: Dict[str, torch.Tensor], cfg: MambaConfig) -> Dict[str, torch.Tensor]:
+def _rename_backbone(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """mamba_ssm / HF parameter names -> ours (``backbone.layers.{i}.mixer.*`` -> ``blocks.{i}.*``).
 
     The two formats differ only in the embedding's name (``embedding`` in mamba_ssm, ``embeddings`` in HF).
@@ -762,8 +904,9 @@ def _rename_backbone(sd: Dict[str, torch.Tensor], cfg: MambaConfig) -> Dict[str,
         k2 = re.sub(r"^embeddings?\.weight$", "embed.weight", k2)
         k2 = re.sub(r"^layers\.(\d+)\.mixer\.", r"blocks.\1.", k2)
         k2 = re.sub(r"^layers\.(\d+)\.norm\.", r"blocks.\1.norm.", k2)
-        new[k2] = v.to(device=cfg.device, dtype=cfg.dtype)
+        new[k2] = v
     return new
+
 
 def _local_tokenizer(path: str):
     if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):

@@ -32,7 +32,8 @@ Two implementations live here.
    ``min(torch.get_num_threads(), numba max)`` threads. A_bar and B_bar are never materialised as
    [B, L, E, N] tensors: they are computed inside the kernel with a branch-free polynomial ``exp`` in
    float32 (2^k built from IEEE bits, relative error < 2e-7, i.e. float32 rounding) and ``math.exp`` in
-   float64 (so the float64 gradcheck sees the exact function). Loop order is t -> n -> e with the channel
+   float64 (so the float64 gradcheck sees the exact function). A float64 ``HookedMamba`` takes these float64
+   kernels: its A = -exp(A_log) is float64 too (``tests/test_mamba_loading.py`` checks it). Loop order is t -> n -> e with the channel
    loop innermost over local C-contiguous buffers (state stored [N, E_block], A transposed to [N, E]), so
    LLVM emits 16-wide AVX-512 / 8-wide AVX2 code with no gathers; this (and removing a table lookup that
    compiled to gathers) took the forward from 36 ms to ~4 ms per layer at B=16, L=256, E=256, N=16.
