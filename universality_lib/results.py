@@ -46,6 +46,7 @@ from .errors import UniversalityError
 
 __all__ = [
     "record",
+    "read_json",
     "load_results",
     "load_chapter",
     "results_dir",
@@ -236,16 +237,53 @@ def _check_opt_str(field: str, v: Any) -> str | None:
 # reading and writing files
 
 
-def _read_file(path: Path) -> dict:
+def read_json(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """The JSON in ``path``. A file that cannot be read, is not UTF-8 or is not JSON is one UniversalityError that
+    names ``what`` it is and says ``fix``."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UniversalityError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start}); {fix}.") from e
     except json.JSONDecodeError as e:
-        raise UniversalityError(f"results file {path} is not valid JSON ({e}); delete it and re-run its chapter.") from e
+        raise UniversalityError(f"{what} {path} is not valid JSON ({e}); {fix}.") from e
+    except OSError as e:
+        raise UniversalityError(f"cannot read {what} {path} ({e.strerror or e}); {fix}.") from e
+
+
+_NONFINITE = ("nan", "inf", "-inf")
+
+
+def _record_problem(r: Any) -> str | None:
+    """What is wrong with one stored record (None: nothing): the types :func:`record` writes."""
+    if not isinstance(r, dict):
+        return f"is a {type(r).__name__}, not an object"
+    if not isinstance(r.get("name"), str):
+        return f"has name {r.get('name')!r}, not a string"
+    for field in ("claim", "criterion", "unit", "note", "preset"):
+        if not isinstance(r.get(field), (str, type(None))):
+            return f"({r['name']!r}) has {field} {r[field]!r}, not a string or null"
+    if not isinstance(r.get("passed"), (bool, type(None))):
+        return f"({r['name']!r}) has passed {r['passed']!r}, not true, false or null"
+    flag = r.get("nonfinite")
+    if flag is not None and not (flag in _NONFINITE if isinstance(flag, str) else isinstance(flag, dict)
+                                 and all(w in _NONFINITE for w in flag.values())):
+        return f"({r['name']!r}) has nonfinite {flag!r}, not one of {', '.join(_NONFINITE)} (or a mapping to them)"
+    return None
+
+
+def _read_file(path: Path) -> dict:
+    fix = "delete it and re-run its chapter"
+    data = read_json(path, "results file", fix)
     if isinstance(data, list):  # tolerate a bare list of records
         data = {"chapter": path.stem, "records": data}
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-        raise UniversalityError(f"results file {path} has no 'records' list; delete it and re-run its chapter.")
+        raise UniversalityError(f"results file {path} has no 'records' list; {fix}.")
+    if not isinstance(data.get("chapter", path.stem), str):
+        raise UniversalityError(f"results file {path} has chapter {data['chapter']!r}, not a string; {fix}.")
+    for i, r in enumerate(data["records"]):
+        problem = _record_problem(r)
+        if problem:
+            raise UniversalityError(f"results file {path}: record {i} {problem}; {fix}.")
     return data
 
 
