@@ -88,7 +88,8 @@ def test_format_value(v, out):
 
 
 # ----------------------------------------------------------------------------- command line
-def test_cli_exits_nonzero_while_a_chapter_is_missing(results_env, capsys):
+def test_cli_exits_nonzero_while_a_chapter_is_missing(results_env, capsys, monkeypatch):
+    monkeypatch.setenv("UNIVERSALITY_PRESET", "smoke")  # the records say which preset they were recorded at
     for c in report.CLAIMS[:3]:
         _record_claim(c, {"01": "01_two_architectures", "02": "02_sparse_autoencoders"}[c.chapter])
     assert cli_main(["report", "--preset", "smoke", "--results", str(results_env)]) == 1
@@ -97,7 +98,8 @@ def test_cli_exits_nonzero_while_a_chapter_is_missing(results_env, capsys):
     assert "no results from chapter(s) 03, 04, 05, 06" in err
 
 
-def test_cli_exit_zero_when_every_chapter_recorded(results_env, capsys):
+def test_cli_exit_zero_when_every_chapter_recorded(results_env, capsys, monkeypatch):
+    monkeypatch.setenv("UNIVERSALITY_PRESET", "smoke")
     for c in report.CLAIMS:
         if c.chapter is not None:
             _record_claim(c, f"{c.chapter}_chapter", passed=c.id != "C5")
@@ -114,6 +116,32 @@ def test_cli_exit_zero_when_every_chapter_recorded(results_env, capsys):
     assert cli_main(["report", "--preset", "smoke", "--results", str(results_env)]) == 1
     assert "claim(s) C6" in capsys.readouterr().err
     assert cli_main(["report", "--preset", "huge", "--results", str(results_env)]) == 2
+
+
+def test_results_of_another_preset_or_none_are_not_this_presets(results_env, capsys, monkeypatch):
+    """Every claim recorded and held at smoke: asked for tiny, no claim holds and the command exits 1; records
+    with no preset are flagged too; the flag is printed whole."""
+    claims = [c for c in report.CLAIMS if c.chapter is not None]
+    monkeypatch.setenv("UNIVERSALITY_PRESET", "smoke")
+    for c in claims:
+        _record_claim(c, f"{c.chapter}_chapter")
+    assert cli_main(["report", "--preset", "smoke", "--results", str(results_env)]) == 0
+    capsys.readouterr()
+    assert cli_main(["report", "--preset", "tiny", "--results", str(results_env)]) == 1
+    out, err = capsys.readouterr()
+    assert f"P1   {report.NOT_THIS_PRESET:18} smoke (asked for tiny) " in out and " held " not in out
+    assert f"claim(s) {', '.join(c.id for c in claims)}: results in" in err and "another preset than 'tiny'" in err
+    rows = _by_id(report.claim_rows(results_env, preset="tiny"))
+    assert {rows[c.id]["status"] for c in claims} == {report.NOT_THIS_PRESET}
+    # one record without a preset (written outside the book runner) is flagged as well, the others still count
+    monkeypatch.delenv("UNIVERSALITY_PRESET")
+    p2 = claims[1]  # P2: two verdict names, one of them now re-recorded without a preset
+    record(p2.verdict[0], 0.9, chapter=f"{p2.chapter}_chapter", passed=True)
+    rows = _by_id(report.claim_rows(results_env, preset="smoke"))
+    assert rows[p2.id]["status"] == report.NOT_THIS_PRESET
+    assert rows[p2.id]["preset"] == "no preset, smoke (asked for smoke)"
+    assert rows[claims[0].id]["status"] == report.HELD
+    assert "**not this preset**" in report.to_markdown(list(rows.values()))
 
 
 def test_default_results_folder_is_the_book_runners(tmp_path, capsys):

@@ -46,7 +46,8 @@ passed=...)``; a verdict name needs ``passed`` True/False, a shown name is descr
   shown ``off_by_one_effect_by_offset`` (list over offsets 0..3).
 
 A chapter that has not run (no results file with its prefix) shows "not run yet"; a chapter that ran but did not
-record a verdict name shows "missing result" (and the command exits non-zero too).
+record a verdict name shows "missing result" (and the command exits non-zero too). A claim with a record written at
+another preset than the one asked for, or at none, shows "not this preset" (the command exits non-zero).
 """
 from __future__ import annotations
 
@@ -63,12 +64,13 @@ from typing import Any, Sequence
 from . import results as _results
 from .errors import UniversalityError
 
-__all__ = ["Claim", "CLAIMS", "HELD", "NOT_HELD", "NOT_RUN", "MISSING", "NO_VERDICT", "NOT_TESTABLE",
+__all__ = ["Claim", "CLAIMS", "HELD", "NOT_HELD", "NOT_RUN", "MISSING", "NO_VERDICT", "NOT_TESTABLE", "NOT_THIS_PRESET",
            "claim_rows", "missing_chapters", "load_timings", "timings_rows", "to_markdown", "to_html", "to_text",
            "format_value", "add_arguments", "run", "main"]
 
 HELD, NOT_HELD, NOT_RUN = "held", "did not hold", "not run yet"
 MISSING, NO_VERDICT, NOT_TESTABLE = "missing result", "no verdict", "not testable here"
+NOT_THIS_PRESET = "not this preset"  # some of the claim's results were recorded at another preset (or none)
 
 
 @dataclass(frozen=True)
@@ -174,12 +176,13 @@ def format_value(v: Any) -> str:
 def claim_rows(directory: str | os.PathLike | None = None, preset: str | None = None,
                results: dict[str, list[dict]] | None = None, claims: Sequence[Claim] = CLAIMS) -> list[dict]:
     """One dict per claim: ``id``, ``claim``, ``chapter``, ``criterion``, ``paper``, ``source``, ``this_run``,
-    ``preset``, ``status`` (held / did not hold / not run yet / missing result / no verdict / not testable here),
-    ``missing`` (verdict names the chapter did not record).
+    ``preset``, ``status`` (held / did not hold / not run yet / missing result / no verdict / not testable here /
+    not this preset), ``missing`` (verdict names the chapter did not record).
 
     ``directory``: the results folder (default: :func:`universality_lib.results.results_dir`); ``results``: an
-    already loaded ``load_results`` dict instead. ``preset``: the preset asked for; records of another preset are
-    flagged in the ``preset`` column."""
+    already loaded ``load_results`` dict instead. ``preset``: the preset asked for; a claim with a record of another
+    preset, or of none, gets the status "not this preset" (its verdict says nothing about this preset), and the
+    ``preset`` column says what was recorded."""
     res = results if results is not None else _results.load_results(directory)
     rows = []
     for c in claims:
@@ -197,13 +200,16 @@ def claim_rows(directory: str | os.PathLike | None = None, preset: str | None = 
         criteria = [recs[n]["criterion"] for n in c.verdict if n in recs and recs[n].get("criterion")]
         if criteria:
             row["criterion"] = "; ".join(dict.fromkeys(criteria))
-        presets_seen = sorted({str(recs[n].get("preset")) for n in found if recs[n].get("preset")})
-        row["preset"] = ", ".join(presets_seen)
-        if preset is not None and presets_seen and presets_seen != [preset]:
+        recorded = {recs[n].get("preset") or None for n in found}
+        foreign = preset is not None and bool(recorded - {preset})
+        row["preset"] = ", ".join(sorted(str(x) if x else "no preset" for x in recorded if x or foreign))
+        if foreign:
             row["preset"] += f" (asked for {preset})"
         row["missing"] = [n for n in c.verdict if n not in recs]
         passed = [recs[n].get("passed") for n in c.verdict if n in recs]
-        if row["missing"]:
+        if foreign:
+            row["status"] = NOT_THIS_PRESET
+        elif row["missing"]:
             row["status"] = MISSING
         elif any(p is False for p in passed):
             row["status"] = NOT_HELD
@@ -252,7 +258,8 @@ def timings_rows(timings: dict | None) -> list[dict]:
 
 # ----------------------------------------------------------------------------- rendering
 # how each status stands out: "strong" (bold) for a failure, "em" (italic) for a row with no run, "" plain
-_EMPHASIS = {HELD: "", NOT_HELD: "strong", NOT_RUN: "em", MISSING: "strong", NO_VERDICT: "", NOT_TESTABLE: "em"}
+_EMPHASIS = {HELD: "", NOT_HELD: "strong", NOT_RUN: "em", MISSING: "strong", NO_VERDICT: "", NOT_TESTABLE: "em",
+             NOT_THIS_PRESET: "strong"}
 _MD_MARK = {"": "", "strong": "**", "em": "*"}
 _STATUS_MARK = {s: f"{_MD_MARK[e]}{s}{_MD_MARK[e]}" for s, e in _EMPHASIS.items()}
 
@@ -302,9 +309,10 @@ def to_html(rows: list[dict], columns: Sequence[str] = tuple(COLUMNS)) -> str:
 
 def to_text(rows: list[dict], width: int = 100) -> str:
     """The claims for a terminal: a summary table, then one block per claim."""
-    out = [f"{'':4} {'status':18} {'preset':8} claim", f"{'':4} {'-' * 18} {'-' * 8} {'-' * 40}"]
+    w = max([8] + [len(r["preset"]) for r in rows])  # the preset column, never cut ("smoke (asked for tiny)")
+    out = [f"{'':4} {'status':18} {'preset':{w}} claim", f"{'':4} {'-' * 18} {'-' * w} {'-' * 40}"]
     for r in rows:
-        out.append(f"{r['id']:4} {r['status']:18} {(r['preset'] or '-')[:8]:8} {r['claim']}")
+        out.append(f"{r['id']:4} {r['status']:18} {r['preset'] or '-':{w}} {r['claim']}")
     out.append("")
     wrap = lambda label, text: textwrap.fill(str(text), width=width, initial_indent=f"     {label:10}",  # noqa: E731
                                              subsequent_indent=" " * 15)
@@ -334,7 +342,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def run(preset: str, out: str | os.PathLike = "build", results: str | os.PathLike | None = None,
         markdown: bool = False) -> int:
     """Print the report; return the exit status: 0 when every chapter the claims need recorded its verdict
-    names, 1 when a chapter's results (or a verdict name) are missing, 2 for bad input."""
+    names at this preset, 1 when a chapter's results (or a verdict name) are missing or were recorded at another
+    preset, 2 for bad input."""
     from . import presets
 
     try:
@@ -353,13 +362,19 @@ def run(preset: str, out: str | os.PathLike = "build", results: str | os.PathLik
     if t:
         print("time per chapter: " + ", ".join(f"{r['chapter']} {r['minutes']} min ({r['status']})" for r in t))
     incomplete = [r["id"] for r in rows if r["status"] == MISSING]
+    foreign = [r["id"] for r in rows if r["status"] == NOT_THIS_PRESET]
     if missing:
         print(f"error: no results from chapter(s) {', '.join(missing)} in {directory}: run them with "
               f"`python -m universality_lib book --preset {p.name}`.", file=sys.stderr)
     if incomplete:
         print(f"error: claim(s) {', '.join(incomplete)}: their chapter ran but did not record every verdict name "
               f"(see the 'missing' lines above).", file=sys.stderr)
-    return 1 if (missing or incomplete) else 0
+    if foreign:
+        print(f"error: claim(s) {', '.join(foreign)}: results in {directory} were recorded at another preset than "
+              f"{p.name!r}, or at none (see the preset column), so they say nothing about {p.name!r}: run the book "
+              f"at it (`python -m universality_lib book --preset {p.name}`), or ask for the preset they were "
+              f"recorded at (--preset).", file=sys.stderr)
+    return 1 if (missing or incomplete or foreign) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
