@@ -52,7 +52,6 @@ another preset than the one asked for, or at none, shows "not this preset" (the 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -234,10 +233,16 @@ def load_timings(directory: str | os.PathLike | None = None) -> dict | None:
     path = _results.results_dir(directory).resolve().parent / "timings.json"
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UniversalityError(f"{path} is not valid JSON ({e}); re-run the book to rewrite it.") from e
+    fix = "re-run the book to rewrite it"
+    timings = _results.read_json(path, "timings file", fix)
+    chapters = timings.get("chapters", []) if isinstance(timings, dict) else None
+    if not isinstance(chapters, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("executed_at", ""), str) and all(
+                isinstance(c.get(k), (int, float, type(None))) for k in ("seconds", "executed_seconds"))
+            for c in chapters):
+        raise UniversalityError(f"timings file {path} is not the book runner's (an object with a 'chapters' list of "
+                                f"{{'chapter', 'seconds', 'status'}} objects); {fix}.")
+    return timings
 
 
 def timings_rows(timings: dict | None) -> list[dict]:
@@ -349,6 +354,9 @@ def run(preset: str, out: str | os.PathLike = "build", results: str | os.PathLik
     try:
         p = presets.get(preset)
         directory = Path(results) if results else Path(out) / p.name / "results"
+        if results and not directory.is_dir():
+            raise UniversalityError(f"no such folder {directory} (--results): give the folder the book wrote the "
+                                    f"results to, e.g. {Path(out) / p.name / 'results'}.")
         res = _results.load_results(directory)
         rows = claim_rows(results=res, preset=p.name)
         missing = missing_chapters(results=res)
