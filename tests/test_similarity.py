@@ -224,14 +224,14 @@ def _saes(model, f, seed):
     return {k: _random_sae(model.cfg.d_model, f, k, seed + k) for k in range(model.cfg.n_layers)}
 
 
-def test_end_to_end_on_smoke_tokens_both_back_ends(transformer, mamba0, rows, tok):
+def test_end_to_end_on_smoke_tokens_every_back_end(transformer, mamba0, rows, tok):
     sa = sim.Source("T", transformer, rows, "sae", _saes(transformer, 48, 0))
     sb = sim.Source("M0", mamba0, rows, "sae", _saes(mamba0, 64, 10))
     na, nb = sim.Source("T", transformer, rows, "neurons"), sim.Source("M0", mamba0, rows, "neurons")
     assert na.sizes() == {0: 32, 1: 32}
     assert nb.sizes() == {k: 2 * mamba0.cfg.d_model * mamba0.cfg.expand for k in range(mamba0.cfg.n_layers)}
     pairs = {"sae": (sa, sb), "neurons": (na, nb)}
-    out = {be: sim.compute(pairs, backend=be, chunk_tokens=200, progress=False) for be in ("sparse", "dense")}
+    out = {be: sim.compute(pairs, backend=be, chunk_tokens=200, progress=False) for be in sim.BACKENDS}
     # several passes under a tiny memory budget give the same numbers
     split = sim.compute(pairs, backend="sparse", chunk_tokens=200, max_gb=2e-5, progress=False)
     assert split["sae"].meta["passes"] > 4  # the budget holds about one layer pair per pass
@@ -245,7 +245,7 @@ def test_end_to_end_on_smoke_tokens_both_back_ends(transformer, mamba0, rows, to
     va, vb = na.units_of(ca, mask), nb.units_of(cb, mask)
     assert va[1].shape == (n_tok, 32)
     for cond, (xa, xb) in {"sae": (ua, ub), "neurons": (va, vb)}.items():
-        for res in (out["sparse"][cond], out["dense"][cond], split[cond]):
+        for res in (*(out[be][cond] for be in sim.BACKENDS), split[cond]):
             assert res.meta["n_tokens"] == n_tok and res.meta["stream_sha"] == sim.rows_hash(rows)
             for k, (v, lay, ix) in res.best("a").items():
                 ref = np.concatenate([pearson_reference(xa[k].numpy(), xb[kb].numpy()) for kb in sorted(xb)], 1)
@@ -256,6 +256,7 @@ def test_end_to_end_on_smoke_tokens_both_back_ends(transformer, mamba0, rows, to
     assert r.counts("a")["never_fired"] >= 2  # feature 0 of each layer
     ts, td = out["sparse"]["sae"].table("b"), out["dense"]["sae"].table("b")
     assert np.allclose(ts["mppc"], td["mppc"], atol=1e-9, equal_nan=True)
+    assert np.allclose(ts["mppc"], out["torch_sparse"]["sae"].table("b")["mppc"], atol=1e-9, equal_nan=True)
     tab = sim.summary_table(out["sparse"], n_boot=50)
     assert set(tab["condition"]) == {"sae", "neurons"} and len(tab) == 4
 
