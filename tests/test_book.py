@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html as html_lib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -197,6 +198,18 @@ def test_built_html_renders_with_no_network(mini_html, chromium):
     assert dom.count("offline</span>") >= 1  # the view's tokens are on the page
 
 
+def test_browser_tests_fail_without_chromium_under_ci(tmp_path):
+    """With no Chromium on the PATH, a test that needs one is skipped, but fails under CI (``CI`` set)."""
+    shutil.copy2(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_draw.py").write_text("def test_draw(chromium):\n    pass\n")
+    path = str(Path(sys.executable).parent)  # the venv's scripts: no browser there
+    for ci, rc, said in (("true", 1, "under CI the browser tests must run, not skip"), ("", 0, "1 skipped")):
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "test_draw.py"],
+                              cwd=tmp_path, env={**os.environ, "PATH": path, "CI": ci}, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == rc and said in proc.stdout, proc.stdout[-2000:]
+
+
 def test_failing_notebook_names_it(tmp_path):
     root = _mini_book(tmp_path / "src", failing=True)
     out = tmp_path / "out"
@@ -385,14 +398,18 @@ def test_table_helpers():
 def test_every_notebook_at_smoke(tmp_path):
     index = build_book(preset="smoke", out=tmp_path, html=True, reuse=False)
     assert index.exists()
-    executed = tmp_path / "smoke" / "book"
+    check_built_book(tmp_path / "smoke")
+
+
+def check_built_book(base: Path) -> None:
+    """The checks of a built book (``base``: the runner's ``<out>/<preset>`` folder)."""
+    executed = base / "book"
+    site = executed / "_build" / "html"
     for nb in chapter_notebooks():
         rel = nb.relative_to(book.ROOT)
         assert (executed / rel).exists(), f"{rel} was not executed"
-        html = executed / "_build" / "html" / rel.with_suffix(".html")
-        assert html.exists(), f"{rel} has no HTML page"
-    assert book.external_resources(index.parent) == []  # the whole book works offline
-    site = index.parent
+        assert (site / rel.with_suffix(".html")).exists(), f"{rel} has no HTML page"
+    assert book.external_resources(site) == []  # the whole book works offline
     for page in book.toc_pages(executed):
         built = site / page.relative_to(executed).with_suffix(".html")
         text = built.read_text(encoding="utf-8")
@@ -406,12 +423,14 @@ def test_every_notebook_at_smoke(tmp_path):
             found.remove(rows)
         assert not re.search(r"<p>[^<]*\|\s*[-\u2013\u2014]+\s*\|", text), f"{built.name}: a Markdown table left as text"
     # the report page and the front page: one row per claim, this run's values
-    rows = report.claim_rows(tmp_path / "smoke" / "results")
+    rows = report.claim_rows(base / "results", preset=base.name)
     ids = [r["id"] for r in rows]
     assert ids in [t["ids"] for t in _tables((site / "book" / "99_reproduction_report.html").read_text())]
     front = (site / "book" / "intro.html").read_text(encoding="utf-8")
     assert ids in [t["ids"] for t in _tables(front)]
     for r in rows:
         assert html_lib.escape(r["this_run"]) in front
+    # one figure per chapter that drew one, in book order, linking to it
+    drew = [nb for nb in book.chapter_notebooks(executed) if book._first_figure(nbformat.read(nb, as_version=4))]
     figures = re.findall(r'<a href="([^"]+)"><img src="data:image/', front)
-    assert figures and set(figures) <= {nb.name.replace(".ipynb", ".html") for nb in chapter_notebooks()}
+    assert len(drew) >= 6 and figures == [nb.with_suffix(".html").name for nb in drew]
