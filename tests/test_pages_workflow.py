@@ -28,13 +28,18 @@ def test_pages_workflow_builds_tiny_and_deploys_on_push_to_main():
     uses = [s.get("uses", "").split("@")[0] for s in steps]
     run = "\n".join(s.get("run", "") for s in steps)
     assert 'make book PRESET="$PRESET"' in run  # the README's command, not a copy of it
-    # the verified cache is restored before the book runs, and keyed by what the book computes from
-    cache = steps[uses.index("actions/cache")]
-    assert cache["with"]["path"] == "${{ env.UNIVERSALITY_CACHE }}"
-    assert "universality_lib/**" in cache["with"]["key"] and "book/**" in cache["with"]["key"]
-    assert cache["with"]["restore-keys"].strip() == "universality-${{ env.PRESET }}-"
-    assert cache["with"]["key"].startswith(cache["with"]["restore-keys"].strip())
-    assert uses.index("actions/cache") < next(i for i, s in enumerate(steps) if "make book" in s.get("run", ""))
+    # the verified cache is restored before the book runs, keyed by what the book computes from, and saved after
+    # it (also when it failed: what finished is kept)
+    book_step = next(i for i, s in enumerate(steps) if "make book" in s.get("run", ""))
+    restore, save = steps[uses.index("actions/cache/restore")], steps[uses.index("actions/cache/save")]
+    assert uses.index("actions/cache/restore") < book_step < uses.index("actions/cache/save")
+    assert restore["with"]["path"] == save["with"]["path"] == "${{ env.UNIVERSALITY_CACHE }}"
+    assert build["env"]["UNIVERSALITY_CACHE"].startswith("${{ github.workspace }}/")
+    assert "universality_lib/**" in restore["with"]["key"] and "book/**" in restore["with"]["key"]
+    assert restore["with"]["restore-keys"].strip() == "universality-${{ env.PRESET }}-"
+    assert restore["with"]["key"].startswith(restore["with"]["restore-keys"].strip())
+    assert save["with"]["key"] == f"${{{{ steps.{restore['id']}.outputs.cache-primary-key }}}}"
+    assert save["if"].startswith("always()")
     # the official Pages actions: configure, upload the built HTML, deploy in a job after it
     assert uses.index("actions/configure-pages") < uses.index("actions/upload-pages-artifact")
     upload = steps[uses.index("actions/upload-pages-artifact")]
