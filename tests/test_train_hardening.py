@@ -100,6 +100,29 @@ def test_kill_while_replacing_the_checkpoint_resumes_bitwise_equal(tmp_path, str
     assert _log_steps(run) == list(range(1, STEPS + 1))
 
 
+TRAIN_ONCE = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    import test_train_hardening as t
+
+    model, state = t._run(Path(sys.argv[1]))
+    print("final step", state.step)
+""")
+
+
+def test_two_runs_in_one_folder_train_once(tmp_path, straight):
+    run = tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, "-c", TRAIN_ONCE, str(run), str(Path(__file__).parent)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert all("final step 6" in o for o in outs)
+    waited = [o for o in outs if f"another process is writing {run}; waiting for it" in o]
+    assert len(waited) == 1 and "resuming from step 6/6" in waited[0]  # the second one trained nothing
+    assert _log_steps(run) == list(range(1, STEPS + 1))
+
+
 # ----------------------------------------------------------------------------- bad input, before any work
 @pytest.fixture
 def no_work(monkeypatch):
