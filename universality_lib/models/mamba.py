@@ -496,8 +496,8 @@ class HookedMamba(HookedRootModule):
     def _check_state_hooks(self, L: int) -> None:
         """Refuse an exact run that hooks states but is longer than the n_ctx positions that have a hook_h.t."""
         n = self.cfg.n_ctx
-        hooked = [b.layer for b in self.blocks if b.hooked_states(L)]
-        if L > n and hooked:
+        hooked = [b.layer for b in self.blocks if b.hooked_states(L)] if L > n else []
+        if hooked:
             raise UniversalityError(
                 f"hooks on hook_h.t in blocks {hooked}, but the sequence has {L} positions and only the first "
                 f"n_ctx={n} have a hook_h.t: load the model with n_ctx={L} or more (HookedMamba.from_pretrained(path, "
