@@ -133,6 +133,10 @@ def fix_for(folder: str | Path) -> str:
     return f"delete {folder} and create it again"
 
 
+def _to_fix(fix: str) -> str:
+    return f" To fix: {fix}." if fix else ""
+
+
 def _cache_root() -> Path:
     return Path(os.environ.get("UNIVERSALITY_CACHE", Path.home() / ".cache" / "universality_lib"))
 
@@ -140,15 +144,15 @@ def _cache_root() -> Path:
 def read_manifest(folder: str | Path, fix: str | None = None) -> dict[str, str]:
     """``{file name: sha256}`` from the folder's manifest; a missing or malformed manifest is an IntegrityError."""
     path = Path(folder) / MANIFEST
-    fix = fix or fix_for(folder)
+    fix = fix_for(folder) if fix is None else fix
     if not path.exists():
         raise IntegrityError(f"{folder} has no {MANIFEST}: it was not written by universality_lib, "
-                             f"or its writing was interrupted. To fix: {fix}.")
+                             f"or its writing was interrupted.{_to_fix(fix)}")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise IntegrityError(f"{path} is damaged (not UTF-8 text: {e.reason} at byte {e.start}). "
-                             f"To fix: {fix}.") from e
+        raise IntegrityError(f"{path} is damaged (not UTF-8 text: {e.reason} at byte {e.start})."
+                             f"{_to_fix(fix)}") from e
     out = {}
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -158,30 +162,30 @@ def read_manifest(folder: str | Path, fix: str | None = None) -> dict[str, str]:
         if not sep or not _HEX64.match(digest) or not parts or Path(name).is_absolute() or ".." in parts \
                 or name in out:
             raise IntegrityError(f"{path} is damaged: line {i} is {line[:80]!r}, expected '<sha256>  <file name>' "
-                                 f"(64 hex digits, two spaces, a file inside the folder, each once). To fix: {fix}.")
+                                 f"(64 hex digits, two spaces, a file inside the folder, each once).{_to_fix(fix)}")
         out[name] = digest
     return out
 
 
 def verify_manifest(folder: str | Path, required: Iterable[str] = (), fix: str | None = None) -> str:
     """Check that the manifest lists exactly the folder's files (and each of ``required``) and that every one
-    matches its sha256; return one digest for the whole folder. ``fix``: what the error says to do (by default
-    from where the folder lives: :func:`fix_for`)."""
+    matches its sha256; return one digest for the whole folder. ``fix``: what the error says to do (None: from
+    where the folder lives, :func:`fix_for`; "": nothing)."""
     folder = Path(folder)
-    fix = fix or fix_for(folder)
+    fix = fix_for(folder) if fix is None else fix
     expected = read_manifest(folder, fix)
     unlisted = [n for n in required if n not in expected] + [n for n in _files(folder) if n not in expected]
     if unlisted:
         raise IntegrityError(f"{folder / MANIFEST} does not list {', '.join(dict.fromkeys(unlisted))}: the manifest "
-                             f"is damaged or incomplete, or files were added. To fix: {fix}.")
+                             f"is damaged or incomplete, or files were added.{_to_fix(fix)}")
     for name, digest in expected.items():
         p = folder / name
         if not p.is_file():
-            raise IntegrityError(f"{p} is listed in {folder / MANIFEST} but missing. To fix: {fix}.")
+            raise IntegrityError(f"{p} is listed in {folder / MANIFEST} but missing.{_to_fix(fix)}")
         actual = sha256_file(p)
         if actual != digest:
             raise IntegrityError(f"{p} does not match its recorded sha256 ({actual[:12]} != {digest[:12]}): the file "
-                                 f"is corrupt or was changed. To fix: {fix}.")
+                                 f"is corrupt or was changed.{_to_fix(fix)}")
     return hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
 
 
@@ -310,11 +314,11 @@ def verified_folder(kind: str, key: str, *, verbose: bool = True) -> Path | None
     except IntegrityError:
         with locked(folder):  # check again under the lock: another process may have just rebuilt it
             try:
-                verify_manifest(folder, fix="rebuilding it")
+                verify_manifest(folder, fix="")
                 return folder
             except IntegrityError as e:
                 if verbose:
-                    print(f"[cache] {kind}/{key} failed verification: {e}", flush=True)
+                    print(f"[cache] {kind}/{key} failed verification ({str(e).rstrip(".")}); rebuilding it.", flush=True)
                 _remove(folder)
         return None
 
