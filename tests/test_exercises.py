@@ -258,3 +258,25 @@ def test_knockout_offset_check(lag):
     assert not wrong and wrong.answered and f"removes the effect at {ob.offset_label(lag)}" in wrong.message
     assert not ex.check_knockout_offset("B+1", model, p, lag=lag)
     _not_answered(ex.check_knockout_offset(None, model, p, lag=lag))
+
+
+# ----------------------------------------------------------------------------- the chapters
+@pytest.mark.parametrize("name", ["02_sparse_autoencoders", "03_feature_similarity", "04_universality",
+                                  "05_induction_circuits", "06_off_by_one"])
+def test_every_analysis_chapter_has_a_checked_exercise_and_a_by_hand_cell(name):
+    """The issue's shape of an exercise: a labelled task, a stub that returns None and calls a check, then a
+    collapsed solution that calls the same check with .require() (so executing the chapter at smoke tests it)."""
+    import nbformat
+
+    from universality_lib import book
+
+    cells = nbformat.read(book.ROOT / "book" / f"{name}.ipynb", as_version=4).cells
+    label = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and "**Difficulty** 🔴" in c.source
+             and "**time** about" in c.source]
+    stub = [i for i, c in enumerate(cells) if c.cell_type == "code" and "return None" in c.source
+            and "exercises.check_" in c.source]
+    solution = [i for i, c in enumerate(cells) if "hide-cell" in c.metadata.get("tags", [])
+                and "exercises.check_" in c.source and ".require()" in c.source]
+    by_hand = [c for c in cells if c.cell_type == "markdown" and "**By hand" in c.source]
+    assert label and stub and solution and by_hand, (label, stub, solution, len(by_hand))
+    assert label[0] < stub[0] < solution[0]
