@@ -318,7 +318,7 @@ def verified_folder(kind: str, key: str, *, verbose: bool = True) -> Path | None
                 return folder
             except IntegrityError as e:
                 if verbose:
-                    print(f"[cache] {kind}/{key} failed verification ({str(e).rstrip(".")}); rebuilding it.", flush=True)
+                    print(f"[cache] {kind}/{key} failed verification ({str(e).rstrip('.')}); rebuilding it.", flush=True)
                 _remove(folder)
         return None
 
