@@ -137,6 +137,7 @@ BAD_ARGS = {
     "no pairs": (({0: 3}, {0: 4}), {"pairs": []}, "pairs is empty"),
     "threshold": (({0: 3}, {0: 4}), {"dense_threshold": 1.5}, r"\[0, 1\]"),
     "back end": (({0: 3}, {0: 4}), {"backend": "bf16"}, "unknown back end"),
+    "max_pairs": (({0: 3}, {0: 4}), {"backend": "torch_sparse", "max_pairs": 0}, "max_pairs is a number"),
     "sparse on a GPU": (({0: 3}, {0: 4}), {"device": "cuda"}, "torch_sparse"),
 }
 

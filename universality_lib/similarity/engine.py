@@ -295,7 +295,8 @@ class PairStats:
 
     ``sizes_a`` / ``sizes_b``: ``{layer: number of units}``; ``pairs``: the ``(layer_a, layer_b)`` pairs to
     correlate (default: all). ``dtype`` is the dense back end's chunk-product precision (float64 or float32); the
-    sparse back ends always multiply and add in float64. Feed chunks with :meth:`update`; read results with
+    sparse back ends always multiply and add in float64. ``max_pairs``: the most co-active pairs the torch_sparse
+    back end forms at once (its working memory, ~100 bytes a pair). Feed chunks with :meth:`update`; read results with
     :meth:`pair_max` (max / argmax in both directions) or :meth:`pearson` (the full matrix, for small layers and
     tests). Every argument and chunk is checked before any state changes; a refused chunk leaves the sums as they
     were.
@@ -314,6 +315,8 @@ class PairStats:
         if backend != "dense" and dtype != torch.float64:
             raise UniversalityError(f"the {backend} back end always accumulates in float64, got dtype={dtype}: leave "
                                     f"dtype at its default (it sets the dense back end's precision).")
+        if isinstance(max_pairs, bool) or not isinstance(max_pairs, (int, np.integer)) or max_pairs < 1:
+            raise UniversalityError(f"max_pairs is a number of pairs >= 1 (an int), got {max_pairs!r}.")
         if not 0.0 <= dense_threshold <= 1.0:
             raise UniversalityError(f"dense_threshold is a fraction of tokens in [0, 1], got {dense_threshold!r}.")
         for side, sizes in (("a", sizes_a), ("b", sizes_b)):

@@ -9,8 +9,8 @@ is paired with every entry ``(t, j, y)`` of b on the same token (``P = Σ_t L0_a
 
 in spans of at most ``max_pairs`` pairs (bounded memory). A float32 product is exact in float64, and every sum is
 float64, so this is exact in the sense the numba ``"sparse"`` back end is: both add the same products one token at
-a time into the running sums, in another order (GPU atomics), and their results agree to the engine's rounding
-bound (:meth:`PairStats.error_bound`, ~1e-11 and below). Shifted (densely firing) units get a dense float64 block
+a time into the running sums, in another order (GPU atomics), and their results agree within the engine's
+rounding bound (:meth:`PairStats.error_bound`, the same for both; 1e-14 measured on the tests' data). Shifted (densely firing) units get a dense float64 block
 ``xd`` [t, |D|] as in the CPU back end: sparse x dense through ``index_add_`` of ``x · xd[t]`` rows, dense x dense by
 one matmul. The per-unit sums, the shifts, the dead units and the results are the engine's (``engine._Units``).
 
