@@ -66,8 +66,9 @@ def induction_check(model, tokens: torch.Tensor, threshold: float = 0.5) -> Indu
     tokens = check_rows(model, tokens, "tokens")
     S = (tokens.shape[1] - 1) // 2
     if tokens.shape[1] != 2 * S + 1 or S < 2:
-        raise UniversalityError(f"tokens must be rows [BOS] x_1..x_S x_1..x_S of length 2S + 1 with S >= 2, got length "
-                                f"{tokens.shape[1]}: make them with repeated_random_tokens(vocab, n, seq_len >= 2, bos_id).")
+        raise UniversalityError(f"tokens must be rows [BOS] x_1..x_S x_1..x_S of length 2S + 1 with S >= 2, got "
+                                f"length {tokens.shape[1]}: make them with repeated_random_tokens(vocab, n, seq_len >= 2, "
+                                f"bos_id).")
     loss = per_position_loss(model, tokens)  # [n, 2S]; column j predicts token j+1
     # skip the first token of each copy: the first is unpredictable, the repeat's first is ambiguous
     first = loss[:, 1:S].mean().item()

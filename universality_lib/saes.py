@@ -64,8 +64,8 @@ from .presets import Preset, SAEConfig, get as get_preset, hub_name
 __all__ = ["ARCHITECTURES", "TrainResult", "train", "get", "load_folder", "folder_for", "is_cached", "jobs",
            "train_all", "total_train_minutes",
            "evaluate", "evaluate_all", "top_activations", "pick_features", "special_ids", "check_compatible",
-           "model_fingerprint", "model_hash", "read_log", "info", "eval_rows", "feature_acts", "threads_set_to", "context_tokens",
-           "context_text"]
+           "model_fingerprint", "model_hash", "read_log", "info", "eval_rows", "feature_acts", "threads_set_to",
+           "context_tokens", "context_text"]
 
 KIND = "saes"
 META = "universality.json"
