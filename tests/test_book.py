@@ -395,15 +395,24 @@ def test_table_helpers():
 
 
 @pytest.mark.notebooks
-def test_every_notebook_at_smoke(tmp_path):
+def test_every_notebook_at_smoke(tmp_path, chromium):
     index = build_book(preset="smoke", out=tmp_path, html=True, reuse=False)
     assert index.exists()
-    check_built_book(tmp_path / "smoke")
+    check_built_book(tmp_path / "smoke", chromium)
 
 
-def check_built_book(base: Path) -> None:
-    """The checks of a built book (``base``: the runner's ``<out>/<preset>`` folder)."""
-    executed = base / "book"
+def _drawn_views(page: Path, chromium: str) -> int:
+    """How many circuitsvis views headless Chromium, with no network, draws on a page."""
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND",
+           "--virtual-time-budget=8000", "--dump-dom", page.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=180).stdout
+    return len(re.findall(r'<div id="circuits-vis-[^"]+"[^>]*><div', dom))
+
+
+def check_built_book(base: Path, chromium: str | None = None) -> None:
+    """The checks of a built book (``base``: the runner's ``<out>/<preset>`` folder); with ``chromium``, also that
+    every circuitsvis view of every page is drawn (from the shared bundle, with no network)."""
+    executed = (base / "book").resolve()  # toc_pages gives resolved paths
     site = executed / "_build" / "html"
     for nb in chapter_notebooks():
         rel = nb.relative_to(book.ROOT)
@@ -422,6 +431,9 @@ def check_built_book(base: Path) -> None:
             assert rows in found, f"{built.name}: no <table> with {rows} rows (tables: {found})"
             found.remove(rows)
         assert not re.search(r"<p>[^<]*\|\s*[-\u2013\u2014]+\s*\|", text), f"{built.name}: a Markdown table left as text"
+        views_here = text.count("CircuitsVis.render(")
+        if chromium and views_here:
+            assert _drawn_views(built, chromium) == views_here, f"{built.name}: not every view was drawn"
     # the report page and the front page: one row per claim, this run's values
     rows = report.claim_rows(base / "results", preset=base.name)
     ids = [r["id"] for r in rows]

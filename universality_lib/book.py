@@ -778,7 +778,7 @@ def front_page_html(book_root: str | os.PathLike, docname: str, directory: str |
     held = sum(r["status"] == report.HELD for r in tested)
     when = f", started {timings['started']} on {timings['machine']}" if timings.get("started") else ""
     parts = [f"<p>The last run of this book: preset <strong>{_html.escape(preset)}</strong>{_html.escape(when)}. "
-             f"Of the {len(tested)} claims it tested, {held} held.</p>",
+             f"Of the {len(tested)} claims and prerequisites it tested, {held} held.</p>",
              report.to_html(rows, columns=("id", "claim", "paper", "this_run", "status")),
              '<div class="front-figures" style="display: grid; grid-template-columns: repeat(auto-fill, '
              'minmax(16em, 1fr)); gap: 1em; margin-top: 1em;">']
