@@ -85,6 +85,8 @@ def site_url(repo_url: str = REPO_URL) -> str:
     owner, name = m.groups()
     host = f"{owner.lower()}.github.io"
     return f"https://{host}/" if name.lower() == host else f"https://{host}/{name}/"
+
+
 # The first code cell of every chapter: self-contained (universality_lib is not installed in a fresh Colab yet).
 COLAB_CELL = f"""\
 # Colab set-up: installs the companion library from its repository when this runs in Colab; does nothing elsewhere.
@@ -729,7 +731,7 @@ def setup(app) -> dict:
 
 
 def _first_figure(nb) -> tuple[str, str] | None:
-    """(MIME type, base64 data) of a notebook's first PNG / JPEG / SVG output, or None."""
+    """(MIME type, base64 data) of a notebook's first PNG or JPEG output, or None."""
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             data = out.get("data", {})
