@@ -524,7 +524,8 @@ def _mppc_and_sweep(p: Preset, rows: list[dict]) -> list[str]:
             f"the top component's and the runner-up's Δ logit B are both at most {rule.se_frac:g} of the gap between "
             f"their |Δ| (after {rule.min_prompts} prompts at least, {cfg.n_prompts:,} at most"
             + ("" if cfg.stop_early else "; this preset runs the full count and records the count the rule needed")
-            + "). The chapter shows the count each sweep used (`Effects.n_prompts`, `summary()[\"n_needed\"]`). The "
+            + "). Each sweep's result holds the count it used and the count the rule needed (`Effects.n_prompts`, "
+            "`summary()[\"n_needed\"]`). The "
             f"row above prices the cap, {cfg.n_prompts:,} prompts, and the worst-case receiver (the last layer); the "
             "authors used a fixed 65,536."]
     return out
