@@ -89,3 +89,14 @@ def test_hub_corpus_offline_is_one_clear_error(monkeypatch):
         corpus.hub_documents("NeelNanda/pile-10k", max_docs=1)
     with pytest.raises(OfflineError, match="offline"):
         corpus.load_tokenizer("paper")
+
+
+@pytest.mark.parametrize("context", [1, 0, -3, 2.5, True])
+def test_rows_and_batches_refuse_a_context_without_a_text_token(context):
+    """rows(context=1) divided by zero (body = context - 1 = 0): one clear error instead."""
+    stream = corpus.TokenStream(tokens=np.arange(1, 100, dtype=np.int32), split="eval", sha256="x", bos_id=0)
+    with pytest.raises(UniversalityError, match="context must be a whole number >= 2"):
+        stream.rows(context, n_rows=1)
+    with pytest.raises(UniversalityError, match="context must be a whole number >= 2"):
+        next(corpus.iter_batches(stream, 2, context, seed=0))
+    assert stream.rows(2, n_rows=3).shape == (3, 2)

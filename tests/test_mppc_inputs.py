@@ -58,9 +58,10 @@ def _result(name_a: str, name_b: str) -> MPPCResult:
     return MPPCResult.from_stats([st], name_a, name_b)
 
 
-def test_a_corrupt_cache_entry_is_rebuilt_in_the_same_run(monkeypatch, capsys):
+def test_a_corrupt_cache_entry_is_rebuilt_in_the_same_run(monkeypatch, capsys, tmp_path):
     """Before: run() saw the manifest, skipped the computation, then found the entry corrupt while loading it:
     "rebuilding it", then "vanished from the cache while in use; run again" (chapter 3 failed once)."""
+    monkeypatch.setenv("UNIVERSALITY_CACHE", str(tmp_path / "cache"))  # its own cache: one neurons_main entry
     p = presets.get("smoke")
     computed = []
 

@@ -112,14 +112,27 @@ TRAIN_ONCE = textwrap.dedent("""
 
 
 def test_two_runs_in_one_folder_train_once(tmp_path, straight):
+    """The test holds the folder's lock until both runs are waiting on it (so they surely overlap), then lets go:
+    one trains, the other waits for it and resumes at the last step, training nothing."""
+    from universality_lib import cache
+
     run = tmp_path / "run"
-    procs = [subprocess.Popen([sys.executable, "-c", TRAIN_ONCE, str(run), str(Path(__file__).parent)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    waiting = f"another process is writing {run}; waiting for it"
+    with cache.locked(run):
+        procs = [subprocess.Popen([sys.executable, "-c", TRAIN_ONCE, str(run), str(Path(__file__).parent)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        heads = []
+        for p in procs:  # read each run's output up to its "waiting" line
+            lines = []
+            while not lines or waiting not in lines[-1]:
+                line = p.stdout.readline()
+                assert line, f"the run ended before waiting on the lock: {''.join(lines)}{p.stderr.read()}"
+                lines.append(line)
+            heads.append("".join(lines))
+    outs = [h + p.communicate(timeout=300)[0] for h, p in zip(heads, procs)]
     assert [p.returncode for p in procs] == [0, 0]
     assert all("final step 6" in o for o in outs)
-    waited = [o for o in outs if f"another process is writing {run}; waiting for it" in o]
-    assert len(waited) == 1 and "resuming from step 6/6" in waited[0]  # the second one trained nothing
+    assert sum("resuming from step 6/6" in o for o in outs) == 1  # the second one trained nothing
     assert _log_steps(run) == list(range(1, STEPS + 1))
 
 
@@ -213,3 +226,20 @@ def test_a_damaged_shipped_manifest_with_flipped_weights_is_refused(shipped_copy
     (shipped_copy / "model.safetensors").write_bytes(bytes(weights))
     with pytest.raises(IntegrityError, match="git checkout"):
         zoo.load("tiny", "T")
+
+
+def test_training_works_with_gradients_switched_off_by_the_caller(tmp_path):
+    """Chapters 5 and 6 call torch.set_grad_enabled(False) before zoo.load, which may train the smoke zoo."""
+    import torch
+
+    from universality_lib import zoo
+
+    torch.set_grad_enabled(False)
+    try:
+        zoo.train_model("smoke", "T", work_dir=tmp_path / "w", max_steps=2, progress=False)
+    finally:
+        torch.set_grad_enabled(True)
+    from universality_lib.train import read_log
+
+    logs = [read_log(f.parent) for f in (tmp_path / "w").rglob("log.jsonl")]
+    assert logs and max(r["step"] for r in logs[0]) == 2  # it trained, where it raised "does not require grad"

@@ -93,7 +93,11 @@ def stdlib_documents(include_tests: bool = True, max_files: int | None = None) -
 
 def hub_documents(name: str, split: str = "train", text_column: str = "text",
                   max_docs: int | None = None) -> dict[str, str]:
-    """Documents of a Hugging Face dataset (streamed). Offline gives one clear ``OfflineError``."""
+    """Documents of a Hugging Face dataset (streamed). Offline gives one clear ``OfflineError``; a local
+    folder that is missing or empty says so (online too), before ``datasets`` is asked."""
+    problem = hub.local_problem(name, "dataset")
+    if problem is not None:
+        raise problem
     try:
         import datasets
 
@@ -278,6 +282,12 @@ def load_tokenizer(preset: "str | Preset" = "tiny"):
 
 
 # ----------------------------------------------------------------------------- token stream
+def _check_context(context) -> None:
+    if isinstance(context, bool) or not isinstance(context, int) or context < 2:
+        raise UniversalityError(f"context must be a whole number >= 2 (BOS and at least one text token), "
+                                f"got {context!r}")
+
+
 @dataclass
 class TokenStream:
     """One split tokenized into a single 1-D array, with the hash that identifies it."""
@@ -292,6 +302,7 @@ class TokenStream:
 
     def rows(self, context: int, n_rows: int | None = None, start: int = 0) -> torch.Tensor:
         """Consecutive, non-overlapping rows ``[BOS] + context-1 tokens``: LongTensor [n_rows, context]."""
+        _check_context(context)
         body = context - 1
         available = (len(self.tokens) - start) // body
         if n_rows is None:
@@ -397,6 +408,7 @@ def iter_batches(stream: TokenStream, batch_size: int, context: int, seed: int,
     The order is a pure function of (stream, batch_size, context, seed): resuming at ``start_step``
     yields exactly the batches an uninterrupted run would have seen.
     """
+    _check_context(context)
     body = context - 1
     n_rows = len(stream) // body
     if n_rows < batch_size:

@@ -166,7 +166,7 @@ def train(model, stream: TokenStream, cfg: TrainConfig, out_dir: str | Path, *, 
     if repeat_vocab is None and cfg.repeat_frac > 0:
         raise UniversalityError("repeat_frac > 0 needs repeat_vocab (the tokens to draw random spans from)")
     out_dir = cache.writable_dir(out_dir, "the training folder", "choose another --work-dir (work_dir=)")
-    with cache.locked(out_dir):
+    with cache.locked(out_dir), torch.enable_grad():  # a notebook may have switched gradients off
         return _train(model, stream, cfg, out_dir, seed, save_model, load_weights, repeat_vocab, eval_fn, device,
                       progress, max_steps)
 
