@@ -57,8 +57,13 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+def _unit(text: str) -> float:
+    """A stable number in [0, 1) from the hash of ``text``: the same on every machine."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 16**8
+
+
 def _split_of(relpath: str, splits) -> str:
-    u = int(hashlib.sha256(relpath.encode()).hexdigest()[:8], 16) / 16**8  # stable in [0, 1)
+    u = _unit(relpath)
     acc = 0.0
     for name, frac in splits:
         acc += frac
@@ -124,24 +129,21 @@ def kind_of(doc_id: str) -> str:
     return "text" if doc_id.startswith("text/") else "code"
 
 
-def doc_weight(doc_id: str, preset: "str | Preset") -> float:
+def doc_weight(doc_id: str, code_weight: float) -> float:
     """How many times a training split reads this document per pass (its source's mixing weight)."""
-    c = get_preset(preset).corpus
-    if doc_id.startswith("text/"):
-        return sources.get(doc_id.split("/", 2)[1]).weight
-    return c.code_weight
+    return sources.get(doc_id.split("/", 2)[1]).weight if kind_of(doc_id) == "text" else code_weight
 
 
 def _repeats(doc_id: str, weight: float) -> int:
     """``weight`` as a whole number of reads: the integer part, plus one for a stable share of documents."""
     whole, frac = int(weight), weight - int(weight)
-    u = int(hashlib.sha256(b"weight:" + doc_id.encode()).hexdigest()[:8], 16) / 16**8
-    return whole + (u < frac)
+    return whole + (_unit("weight:" + doc_id) < frac)
 
 
 def weighted_order(docs: dict[str, str], preset: "str | Preset") -> list[str]:
     """The document ids of a training split, each repeated per its weight, in a stable shuffled order."""
-    reads = [(d, r) for d in docs for r in range(_repeats(d, doc_weight(d, preset)))]
+    code_weight = get_preset(preset).corpus.code_weight
+    reads = [(d, r) for d in docs for r in range(_repeats(d, doc_weight(d, code_weight)))]
     return [d for d, r in sorted(reads, key=lambda dr: hashlib.sha256(f"{dr[0]}#{dr[1]}".encode()).digest())]
 
 
@@ -333,9 +335,10 @@ def token_stream(preset: "str | Preset", split: str = "eval", tokenizer=None, ki
     c, own = p.corpus, split_source(p, split)
     weighted = bool(c.text_sources) and split in WEIGHTED_SPLITS
     if c.source == "stdlib" and own is None:
-        what = manifest(p)["splits"][split]["sha256"]  # the split's content hash
+        m = manifest(p)  # reads and hashes every document: once
+        what = m["splits"][split]["sha256"]  # the split's content hash
         if c.text_sources:
-            what = {"split": what, "kind": kind, "weights": manifest(p)["text_sources"] if weighted else None,
+            what = {"split": what, "kind": kind, "weights": m["text_sources"] if weighted else None,
                     "code_weight": c.code_weight if weighted else None}
     else:  # a hub dataset (or a folder) is named, not hashed: everything that picks its documents goes in the key
         what = {"source": own or c.source, "split": split, "own": own is not None,
