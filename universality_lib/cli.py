@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     t.add_argument("--max-steps", type=int, default=None, help="stop after N steps this sitting")
     t.add_argument("--work-dir", default=None, help="where resumable checkpoints go")
+    t.add_argument("--jobs", type=int, default=None,
+                   help="models trained side by side (default: all of them on a CPU, one thread each; 1 on a GPU)")
 
     b = sub.add_parser("book", help="execute every chapter with papermill and build the HTML book")
     _preset_arg(b)
@@ -61,17 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args.preset, args.out, args.results, args.markdown)
         preset = presets.get(args.preset)
         if args.cmd == "train":
-            from pathlib import Path
-
             from . import zoo
 
-            models = args.models or zoo.names(preset)
-            for name in models:
-                zoo.spec(preset, name)
-            for name in models:
-                work = Path(args.work_dir) / name if args.work_dir else None
-                dest = zoo.train_model(preset, name, device=args.device, work_dir=work,
-                                       max_steps=args.max_steps)
+            done = zoo.train_models(preset, args.models, device=args.device, work_dir=args.work_dir,
+                                    max_steps=args.max_steps, jobs=args.jobs)
+            for name, dest in done.items():
                 print(f"[train] {name}: {dest if dest else 'not finished (resumable)'}")
             if preset.shipped:
                 zoo.ship_tokenizer(preset)

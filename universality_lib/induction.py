@@ -125,8 +125,12 @@ def natural_text_check(model, preset, kind: str, n: int = 100, seq_len: int = 64
     """Induction on natural text no model or SAE ever read: ``n`` snippets of ``seq_len`` tokens of the
     preset's ``heldout`` split (``kind``: ``"text"`` for English, ``"code"``), each followed by itself. The
     ratio repeat / first copy tells whether the model copies real text, not only random tokens."""
+    return induction_check(model, natural_text_rows(preset, model.tokenizer, kind, n, seq_len, seed), threshold)
+
+
+def natural_text_rows(preset, tokenizer, kind: str, n: int = 100, seq_len: int = 64, seed: int = 0) -> torch.Tensor:
+    """The rows :func:`natural_text_check` reads: LongTensor [n, 2*seq_len + 1] from the ``heldout`` split."""
     from . import corpus
 
-    stream = corpus.token_stream(preset, "heldout", tokenizer=model.tokenizer, kind=kind)
-    rows = heldout_snippets(torch.from_numpy(stream.tokens.astype("int64")), n, seq_len, stream.bos_id, seed)
-    return induction_check(model, rows, threshold)
+    stream = corpus.token_stream(preset, "heldout", tokenizer=tokenizer, kind=kind)
+    return heldout_snippets(torch.from_numpy(stream.tokens.astype("int64")), n, seq_len, stream.bos_id, seed)

@@ -8,8 +8,9 @@ so a resumed run sees the same batches an uninterrupted one would have.
 Curriculum (disclosed in the book): with ``repeat_frac > 0``, that fraction of the rows of every batch
 carries ``repeat_span`` random tokens (drawn from the corpus' frequent tokens) that repeat: either the
 whole row is that span tiled (``repeat_mode="sequence"``: the paper's induction task itself) or the span
-is placed twice at random offsets inside a natural-text row (``"span"``). The other rows are natural
-text. This gives small models enough repeated structure to form induction circuits in a CPU budget
+is placed twice at random offsets inside a natural-text row (``"span"``); in "sequence" mode a share
+``repeat_natural_frac`` of those rows tiles the row's own first tokens instead (copying real text). The
+other rows are natural text. This gives small models enough repeated structure to form induction circuits in a CPU budget
 (see the zoo section of chapter 1 and the zoo issue's note for what was tried).
 """
 from __future__ import annotations
@@ -107,13 +108,17 @@ def add_repeats(batch: torch.Tensor, cfg: TrainConfig, vocab: torch.Tensor, step
     if cfg.repeat_mode == "sequence":  # the whole row after BOS: span, span, ... (tiled)
         hi = max_period(cfg, step, total) if total else S
         lo = min(max(1, cfg.repeat_min_period), hi)
+        n_natural = int(round(cfg.repeat_natural_frac * n))  # the first rows of the n copy the row's own text
         for r in range(n):
             # a random period per row: a fixed period lets a model copy from a fixed offset instead of
             # doing induction (measured: trained at period 63 only, a 2-layer T failed the period-64 check);
             # short periods first (the ramp) give a Mamba a gradient toward copying (measured: without them
             # a 4-layer M stayed at the unigram loss on pure repeated rows for 3.5M tokens)
             S_r = int(torch.randint(lo, hi + 1, (1,), generator=g))
-            span = vocab[torch.randint(0, len(vocab), (S_r,), generator=g)]
+            if r < n_natural:  # natural text: the row's first S_r tokens, tiled (copying real text)
+                span = batch[r, 1:1 + S_r].clone()
+            else:
+                span = vocab[torch.randint(0, len(vocab), (S_r,), generator=g)]
             batch[r, 1:] = span.repeat(-(-(T - 1) // S_r))[:T - 1]
         return batch
     for r in range(n):

@@ -21,6 +21,7 @@ A checkpoint folder holds ``config.json`` + ``model.safetensors`` (the family's 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 from pathlib import Path
@@ -201,7 +202,7 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
     Returns the installed checkpoint folder, or None when ``max_steps`` stopped a longer run early
     (run again to continue).
     """
-    from .induction import induction_check, repeated_random_tokens
+    from .induction import induction_check, natural_text_rows, repeated_random_tokens
     from .train import check_max_steps, read_log, train
 
     p = get_preset(preset)
@@ -220,9 +221,16 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
     model = build(p, name, tokenizer=tok, device=str(dev))
     probe = repeated_random_tokens(vocab, 16, min(64, (p.train.context - 1) // 2), tok.bos_token_id, seed=99)
 
+    # natural-text induction on the held-out split (zoo v2), logged as it forms: 16 snippets of prose and of code
+    natural = {kind: natural_text_rows(p, tok, kind, n=16, seq_len=min(64, (p.train.context - 1) // 2))
+               for kind in ("text", "code")} if "heldout" in corpus.split_names(p) and p.corpus.text_sources else {}
+
     def eval_fn(m):
         c = induction_check(m, probe)
-        return {"repeat_first": round(c.first_copy_loss, 4), "repeat_second": round(c.repeat_loss, 4)}
+        row = {"repeat_first": round(c.first_copy_loss, 4), "repeat_second": round(c.repeat_loss, 4)}
+        for kind, rows in natural.items():
+            row[f"natural_{kind}_ratio"] = round(induction_check(m, rows).ratio, 4)
+        return row
 
     torch.manual_seed(seed)
     state = train(model, stream, p.train, work, seed=seed, save_model=save_model, load_weights=load_weights,
@@ -242,17 +250,48 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
             "tokenizer_sha": corpus.tokenizer_hash(tok), "corpus_sha256": manifest["sha256"],
             "train": p.to_dict()["train"], "steps": state.step, "tokens": state.tokens,
             "wall_seconds": round(state.wall_seconds, 1), "final_loss": state.last_loss,
-            "device": dev.type, "machine": _machine(dev),
+            "device": dev.type, "machine": _machine(dev), "threads": torch.get_num_threads(),
             "n_params": n_params(model),
         })
     return dest
 
 
+def train_models(preset: "str | Preset", models: list[str] | None = None, device: str | None = None,
+                 work_dir: str | Path | None = None, max_steps: int | None = None,
+                 jobs: int | None = None) -> dict[str, Path | None]:
+    """Train several zoo members (``train_model`` each), ``jobs`` of them side by side in their own processes.
+
+    ``jobs`` defaults to one per model on a CPU (each with ``cores // jobs`` threads, at least one: small models
+    use a core better one thread each, measured in presets.TINY_V2's comment) and to 1 on a GPU. Returns
+    name -> the installed folder (None: not finished, run again to resume)."""
+    p = get_preset(preset)
+    models = list(models or names(p))
+    for name in models:
+        spec(p, name)
+    dev = _resolve_device(device)
+    from .train import check_max_steps
+
+    check_max_steps(max_steps)
+    if jobs is None:
+        jobs = 1 if dev.type == "cuda" else len(models)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise UniversalityError(f"jobs must be a whole number >= 1 (models trained side by side), got {jobs!r}.")
+    work = lambda name: Path(work_dir) / name if work_dir else None  # noqa: E731
+    if jobs == 1 or len(models) == 1:
+        return {n: train_model(p, n, device=device, work_dir=work(n), max_steps=max_steps) for n in models}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(models)))
+    with ProcessPoolExecutor(max_workers=min(jobs, len(models)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        futures = {n: pool.submit(train_model, p, n, device, work(n), max_steps, True) for n in models}
+        return {n: f.result() for n, f in futures.items()}
+
+
 def _machine(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    import os
-
     return f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()} ({platform.system()})"
 
 

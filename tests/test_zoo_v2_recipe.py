@@ -1,0 +1,64 @@
+"""The zoo v2 recipe: natural-text repeat rows, the 1:2 depth ratio, models trained side by side."""
+import dataclasses
+
+import pytest
+import torch
+
+from universality_lib import presets, zoo
+from universality_lib.errors import UniversalityError
+from universality_lib.train import add_repeats
+
+
+def _cfg(**kw):
+    base = dict(repeat_frac=0.5, repeat_span=16, repeat_mode="sequence", repeat_min_period=4, data_seed=3)
+    return dataclasses.replace(presets.TrainConfig(), **{**base, **kw})
+
+
+def _period(row: torch.Tensor) -> int:
+    """The smallest p with row[i] == row[i - p] for every i >= p."""
+    return next(p for p in range(1, len(row) + 1) if torch.equal(row[p:], row[:-p]))
+
+
+def test_natural_rows_tile_their_own_text_and_random_rows_draw_from_vocab():
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randint(1000, 2000, (8, 65), generator=g)  # "natural text": ids outside the random vocab
+    vocab = torch.arange(10, 20)
+    out = add_repeats(batch, _cfg(repeat_natural_frac=0.5), vocab, step=5)
+    n = 4  # repeat_frac 0.5 of 8 rows; the first half of those copy their own text
+    for r in range(2):
+        p = _period(out[r, 1:])
+        assert 4 <= p <= 16 and torch.equal(out[r, 1:1 + p], batch[r, 1:1 + p])
+    for r in range(2, n):
+        assert torch.isin(out[r, 1:], vocab).all() and _period(out[r, 1:]) <= 16
+    assert torch.equal(out[n:], batch[n:])  # the other rows stay natural text, untouched
+    assert torch.equal(out[:, 0], batch[:, 0])
+
+
+def test_natural_frac_zero_is_the_v1_curriculum():
+    batch = torch.randint(1000, 2000, (8, 65), generator=torch.Generator().manual_seed(1))
+    vocab = torch.arange(10, 20)
+    old = add_repeats(batch, _cfg(), vocab, step=7)
+    assert torch.isin(old[:4, 1:], vocab).all()
+    assert torch.equal(add_repeats(batch, _cfg(repeat_natural_frac=0.0), vocab, step=7), old)
+
+
+def test_v2_zoo_keeps_the_paper_depth_ratio_and_close_parameter_counts():
+    p = presets.TINY_V2
+    assert p.mamba.n_layers == 2 * p.transformer.n_layers and p.transformer.n_layers >= 4
+    from universality_lib.corpus import load_tokenizer
+
+    tok = load_tokenizer("tiny")  # the count depends on the vocabulary size only (4,096 in v1 and v2)
+    q = p.replace(corpus=dataclasses.replace(p.corpus, vocab_size=len(tok)))
+    n = {name: sum(t.numel() for t in zoo.build(q, name, tokenizer=tok).parameters()) for name in ("T", "M")}
+    assert abs(n["M"] / n["T"] - 1) <= 0.15
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
+def test_train_models_refuses_bad_jobs(jobs):
+    with pytest.raises(UniversalityError, match="jobs must be"):
+        zoo.train_models("smoke", ["T", "M"], jobs=jobs)
+
+
+def test_train_models_refuses_unknown_model_first():
+    with pytest.raises(UniversalityError, match="unknown model"):
+        zoo.train_models("smoke", ["T", "Q"])
