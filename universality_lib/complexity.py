@@ -33,7 +33,6 @@ Glossary: ``n`` (or ``n_tok``) tokens in the sample, ``F`` features of a layer, 
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import scipy.sparse as sp
@@ -41,7 +40,7 @@ import torch
 
 from .errors import UniversalityError
 from .feature_sample import FeatureSample
-from .similarity.result import bootstrap_mean
+from .stats import bootstrap_mean, spearman_ci
 
 __all__ = ["MEASURES", "token_r2", "density", "top_positions", "top_token_entropy", "context_dependence",
            "model_encoder", "select_features", "measure", "spearman_ci", "correlations", "binned_means"]
@@ -261,33 +260,7 @@ def measure(sample: FeatureSample, features, *, encode=None, k: int = 16, k_cont
     return df
 
 
-# ----------------------------------------------------------------------------- statistics
-def spearman_ci(x, y, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
-    """Spearman's rho of the finite pairs of ``x`` and ``y``, its percentile bootstrap interval (resampling
-    pairs) and the number of pairs."""
-    from scipy.stats import rankdata
-
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = len(x)
-
-    def rho(a, b):
-        ra, rb = rankdata(a), rankdata(b)
-        ra, rb = ra - ra.mean(), rb - rb.mean()
-        d = math.sqrt((ra**2).sum() * (rb**2).sum())
-        return float((ra * rb).sum() / d) if d > 0 else float("nan")
-
-    if n < 3:
-        return {"rho": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": n}
-    r = rho(x, y)
-    rng = np.random.default_rng(seed)
-    boots = np.array([rho(x[i], y[i]) for i in rng.integers(0, n, size=(n_boot, n))])
-    boots = boots[np.isfinite(boots)]
-    lo, hi = (np.quantile(boots, [(1 - level) / 2, (1 + level) / 2]) if len(boots) else (np.nan, np.nan))
-    return {"rho": r, "ci_low": float(lo), "ci_high": float(hi), "n": n}
-
-
+# ----------------------------------------------------------------------------- statistics (stats.py)
 def correlations(df, by: str = "mppc", measures=None, n_boot: int = 1000, seed: int = 0):
     """pandas DataFrame, one row per measure: Spearman's rho with ``by`` and its bootstrap interval, n, what
     the measure is and whether a larger value means more complex."""

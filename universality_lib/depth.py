@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import UniversalityError
-from .similarity.result import MPPCResult, bootstrap_mean
+from .similarity.result import MPPCResult
+from .stats import bootstrap_mean, bootstrap_table_spearman, spearman_from_table
 
 __all__ = ["relative_depth", "best_layer_counts", "spearman_from_table", "DepthAlignment", "depth_alignment",
            "alignment_table"]
@@ -69,37 +70,6 @@ def best_layer_counts(result: MPPCResult, side: str = "a", min_mppc: float | Non
         for layer, n in zip(*np.unique(bl[ok], return_counts=True)):
             out[i, col[int(layer)]] += n
     return out
-
-
-def spearman_from_table(counts) -> float:
-    """Spearman's rho of the (row, column) pairs counted in ``counts`` [R, S] (rows and columns in increasing
-    order), ties given mid-ranks; NaN when either margin has a single occupied category."""
-    c = np.asarray(counts, np.float64)
-    n = c.sum()
-    if n <= 0:
-        return float("nan")
-    r, s = c.sum(1), c.sum(0)  # [R], [S] margins
-    rank_r = np.cumsum(r) - (r - 1) / 2.0  # mid-rank of each row category
-    rank_s = np.cumsum(s) - (s - 1) / 2.0
-    mr, ms = (r * rank_r).sum() / n, (s * rank_s).sum() / n
-    dr, ds = rank_r - mr, rank_s - ms
-    var_r, var_s = (r * dr**2).sum(), (s * ds**2).sum()
-    if var_r <= 0 or var_s <= 0:
-        return float("nan")
-    return float((c * np.outer(dr, ds)).sum() / np.sqrt(var_r * var_s))
-
-
-def _bootstrap_table(counts: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[float, float]:
-    c = np.asarray(counts, np.int64)
-    n = int(c.sum())
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(n, (c / n).ravel(), size=n_boot).reshape(n_boot, *c.shape)  # [n_boot, R, S]
-    rhos = np.array([spearman_from_table(d) for d in draws])
-    rhos = rhos[np.isfinite(rhos)]
-    if len(rhos) == 0:
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(rhos, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 @dataclass
@@ -147,7 +117,7 @@ def depth_alignment(result: MPPCResult, side: str = "a", min_mppc: float | None 
         raise UniversalityError(f"no live unit of side {s!r} has a best match"
                                 + (f" with MPPC >= {min_mppc}" if min_mppc is not None else "") + ".")
     rho = spearman_from_table(counts)
-    lo, hi = _bootstrap_table(counts, n_boot, level, seed) if np.isfinite(rho) else (float("nan"), float("nan"))
+    lo, hi = bootstrap_table_spearman(counts, n_boot, level, seed) if np.isfinite(rho) else (float("nan"), float("nan"))
     x = np.repeat(np.asarray(layers, np.float64), counts.sum(1))  # [n] layer of each unit
     y = np.concatenate([np.repeat(np.asarray(others, np.float64), row) for row in counts])  # [n] its match's layer
     slope = float(np.polyfit(x, y, 1)[0]) if len(np.unique(x)) > 1 else float("nan")

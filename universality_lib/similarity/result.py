@@ -24,27 +24,12 @@ import numpy as np
 
 from ..cache import atomic_write_json
 from ..errors import UniversalityError
+from ..stats import bootstrap_mean
 
 __all__ = ["MPPCResult", "bootstrap_mean", "paired", "THRESHOLDS"]
 
 THRESHOLDS = (0.5, 0.7, 0.9)
 _FORMAT = 1
-
-
-def bootstrap_mean(values, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): the mean of ``values`` and its percentile bootstrap interval (resampling units)."""
-    v = np.asarray(values, np.float64)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    step = max(1, 2_000_000 // len(v))  # resamples per batch (bounded memory)
-    for i in range(0, n_boot, step):
-        k = min(step, n_boot - i)
-        means[i:i + k] = v[rng.integers(0, len(v), size=(k, len(v)))].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(v.mean()), float(lo), float(hi)
 
 
 @dataclass
