@@ -6,44 +6,9 @@ wrote one, its ``timings.json`` (time per chapter, machine). The book's last pag
 ``python -m universality_lib report [--preset P]`` print the same table; the command exits non-zero when a
 chapter's results are missing.
 
-Glossary: ``T`` / ``T2`` the Transformer and its second-seed twin, ``M`` the Mamba, ``M0`` the untrained Mamba
-(random baseline); MPPC = max pairwise Pearson correlation of a feature's activations with any feature of the
-other model; ``A`` / ``B`` the induction prompt's tokens (``... A B ... A`` -> predict ``B``); ``B+1`` the position
-after ``B``. Claims C1-C10 and the paper's numbers are those of the paper digest (``shared/paper-digest.md``,
-sections 4 and 7), with its provenance tags ([CODE] = the authors' released result tensors, [3RD] = unverified
-third-party notes, [REV] = the reviewers' summary, ...).
-
-The claim table (:data:`CLAIMS`) is data: each row names the chapter (by its number prefix) and the result names
-that decide the claim (``verdict``: every one must be recorded with ``passed=True`` for "held") or are shown
-beside them (``shown``). Rows P1-P3 are prerequisites of the claims (the models are comparable, do induction, and
-their SAEs are good).
-
-The result names each chapter must record (``results.record(name, value, claim=..., criterion=...,
-passed=...)``; a verdict name needs ``passed`` True/False, a shown name is descriptive):
-
-* 01 two architectures: verdict ``param_ratio_M_over_T`` (P1), ``induction_ratio_random_T``,
-  ``induction_ratio_random_M`` (P2); shown ``induction_ratio_random_T2``.
-* 02 SAEs: verdict ``sae_fve_min``, ``sae_l0_frac_range``, ``sae_dead_frac_max``, ``sae_ce_recovered_min`` (P3);
-  shown ``sae_count``.
-* 03 similarity (as the chapter records them; ``_a`` = T's units against the other model, ``_b`` = the reverse,
-  means as [mean, 95% low, 95% high]): verdict ``mppc_gap_main_minus_random`` (C1),
-  ``mppc_gap_sae_minus_neurons`` (C2), ``mppc_order_holds`` (C3); shown ``mppc_mean_main_a``,
-  ``mppc_mean_random_a``, ``mppc_frac_above_main_a`` (above 0.5 / 0.7 / 0.9), ``mppc_mean_main_b``,
-  ``mppc_mean_neurons_main_a``, ``mppc_mean_neurons_random_a``, ``mppc_gap_neurons_main_minus_random``,
-  ``mppc_mean_model_seed_a``, ``mppc_mean_sae_seed_a``, ``mppc_gap_model_seed_minus_main``,
-  ``mppc_gap_sae_seed_minus_main``.
-* 04 universality: verdict ``depth_spearman_rho`` (C4), ``complexity_spearman_rho`` (C5); shown
-  ``depth_spearman_ci``, ``complexity_proxy`` (the proxy behind the rho, a string).
-* 05 induction circuits (as the chapter records them): verdict ``T_head_to_logits_ratio`` and
-  ``T_head_to_head_ratio`` (C6: the top head dominates, for the induction and the previous-token step),
-  ``M_state_to_logits_ratio`` and ``M_state_fake_delta`` (C7: one layer's state dominates; patching it moves the
-  prediction toward B'), ``M_conv_best_lag`` (C8: the strongest conv input sits before the output); shown
-  ``T_head_to_logits_top`` / ``_delta`` / ``_share``, ``T_head_to_head_top`` / ``_delta``,
-  ``M_state_to_logits_top`` / ``_delta`` / ``_share``, ``M_conv_layer``, ``M_conv_best_output``,
-  ``M_conv_best_input``, ``M_conv_best_delta``, ``M_conv_same_position_delta``.
-* 06 off-by-one: verdict ``off_by_one_peak_offset`` (C9: the offset of the largest state-write effect, passed
-  when it is 1, i.e. B+1), ``off_by_one_transformer_control`` (passed when the Transformer's effect sits at B);
-  shown ``off_by_one_effect_by_offset`` (list over offsets 0..3).
+The claims, their criteria, the paper's numbers and the result names each chapter records are
+:data:`universality_lib.claims.CLAIMS` (one :class:`~universality_lib.claims.Claim` each): a claim's verdict names
+(every one recorded with ``passed=True`` for "held") and the names shown beside them.
 
 A chapter that has not run (no results file with its prefix) shows "not run yet"; a chapter that ran but did not
 record a verdict name shows "missing result" (and the command exits non-zero too). A claim with a record written at
@@ -56,11 +21,11 @@ import math
 import os
 import sys
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import results as _results
+from .claims import CLAIMS, Claim
 from .errors import UniversalityError
 
 __all__ = ["Claim", "CLAIMS", "HELD", "NOT_HELD", "NOT_RUN", "MISSING", "NO_VERDICT", "NOT_TESTABLE", "NOT_THIS_PRESET",
@@ -70,81 +35,6 @@ __all__ = ["Claim", "CLAIMS", "HELD", "NOT_HELD", "NOT_RUN", "MISSING", "NO_VERD
 HELD, NOT_HELD, NOT_RUN = "held", "did not hold", "not run yet"
 MISSING, NO_VERDICT, NOT_TESTABLE = "missing result", "no verdict", "not testable here"
 NOT_THIS_PRESET = "not this preset"  # some of the claim's results were recorded at another preset (or none)
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One row of the report."""
-
-    id: str  # "C1" ... "C10"; "P1" ... for prerequisites
-    title: str  # the claim in one line
-    chapter: str | None  # the chapter's number prefix ("03"); None: no chapter can test it here
-    verdict: tuple[str, ...]  # result names whose `passed` decide the claim
-    shown: tuple[str, ...]  # result names shown beside them
-    criterion: str  # the digest's operational test (the chapter's recorded criterion replaces it)
-    paper: str  # the paper's number, or what is known of it
-    source: str  # provenance tags (paper digest)
-
-
-CLAIMS: tuple[Claim, ...] = (
-    Claim("P1", "The two models have comparable sizes", "01", ("param_ratio_M_over_T",), (),
-          "M/T parameter ratio within [0.8, 1.25]", "Mamba-130M vs Pythia-160M (ratio 0.81)", "[Q][CODE]"),
-    Claim("P2", "Both models do induction (prerequisite of C6-C9)", "01",
-          ("induction_ratio_random_T", "induction_ratio_random_M"), ("induction_ratio_random_T2",),
-          "repeat loss <= 0.5 x first-copy loss on repeated random tokens",
-          "both do: clean p(B) 0.017 (Pythia), 0.049 (Mamba) on random-token induction prompts", "[CODE results]"),
-    Claim("P3", "The SAEs are good enough to compare", "02",
-          ("sae_fve_min", "sae_l0_frac_range", "sae_dead_frac_max", "sae_ce_recovered_min"), ("sae_count",),
-          "every SAE: FVE >= 0.8, L0 5-10% of the dictionary, <= 10% dead, CE recovered >= 0.8",
-          "not reported (SAE hyper-parameters and quality UNKNOWN)", "[digest 2.2]"),
-    Claim("C1", "SAE features are largely shared across architectures", "03", ("mppc_gap_main_minus_random",),
-          ("mppc_mean_main_a", "mppc_mean_random_a", "mppc_frac_above_main_a", "mppc_mean_main_b"),
-          "mean MPPC T->M well above the random baseline, close to the model-seed skyline",
-          "mean MPPC ~0.74; >30% of features 'very highly' matched (both UNVERIFIED, threshold unknown)",
-          "[3RD][ML-ja]"),
-    Claim("C2", "SAEs are needed: neurons are far less universal", "03", ("mppc_gap_sae_minus_neurons",),
-          ("mppc_mean_neurons_main_a", "mppc_mean_neurons_random_a", "mppc_gap_neurons_main_minus_random"),
-          "neuron MPPC (main) much lower than SAE-feature MPPC (main), close to its own random baseline",
-          "neurons show 'almost zero similarity' (UNVERIFIED); Fig. 3b", "[3RD][Q]"),
-    Claim("C3", "Random < main <= model-seed skyline <= SAE-seed skyline", "03", ("mppc_order_holds",),
-          ("mppc_mean_model_seed_a", "mppc_mean_sae_seed_a", "mppc_gap_model_seed_minus_main",
-           "mppc_gap_sae_seed_minus_main"),
-          "ordering of the mean MPPCs, with a small main-to-skyline gap",
-          "main 'falls only slightly short of skylines'; means UNKNOWN", "[REV][Q]"),
-    Claim("C4", "Matched features sit at corresponding depths", "04", ("depth_spearman_rho",), ("depth_spearman_ci",),
-          "Spearman rho between relative depths of matched features > 0 (interval above 0)",
-          "roughly diagonal layer-pair map, Mamba layer ~ 2 x Pythia layer; values UNKNOWN", "[REV][SS][INF]"),
-    Claim("C5", "The most shared features are the simpler ones", "04", ("complexity_spearman_rho",),
-          ("complexity_proxy",), "negative Spearman rho between MPPC and a complexity proxy",
-          "features with the most overlap are simpler and more monosemantic (LLM-scored); coefficient UNKNOWN",
-          "[REV][ABS]"),
-    Claim("C6", "Transformer induction: previous-token head -> induction head", "05",
-          ("T_head_to_logits_ratio", "T_head_to_head_ratio"),
-          ("T_head_to_logits_top", "T_head_to_logits_delta", "T_head_to_logits_share", "T_head_to_head_top",
-           "T_head_to_head_delta"),
-          "one head dominates the direct effect on the B logit; one earlier head at B carries most of the effect "
-          "through it",
-          "L5H0: B logit 9.31 -> 6.96 (delta -2.35), p 0.0170 -> 0.0025; L3H2 via L5H0: delta -2.00",
-          "[CODE results]"),
-    Claim("C7", "Mamba induction sits in one layer's SSM state", "05",
-          ("M_state_to_logits_ratio", "M_state_fake_delta"),
-          ("M_state_to_logits_top", "M_state_to_logits_delta", "M_state_to_logits_share"),
-          "one layer's state dominates the state-history path-patching sweep; patching it moves the prediction "
-          "toward B'",
-          "layer 17 of 24: delta logit -7.87, p 0.0486 -> 0.0003; next layer 12 (-2.35); fake B' logit +3.43",
-          "[CODE results]"),
-    Claim("C8", "The conv1d does the previous-token mixing", "05", ("M_conv_best_lag",),
-          ("M_conv_layer", "M_conv_best_output", "M_conv_best_input", "M_conv_best_delta",
-           "M_conv_same_position_delta"),
-          "conv-input patching has a large effect only from the preceding positions (A, B), not the current one",
-          "L17 conv output at B+1: x_in@B -8.24, x_in@A -6.97, x_in@B+1 +0.08", "[CODE results]"),
-    Claim("C9", "Off-by-One: a token's information enters the SSM state one position later", "06",
-          ("off_by_one_peak_offset", "off_by_one_transformer_control"), ("off_by_one_effect_by_offset",),
-          "the state-write patching effect peaks at B+1, not B; in the Transformer the effect sits at B",
-          "L17 state write: B -0.01, B+1 -9.13, B+2 +0.52, B+3 +0.16 (delta logit)", "[CODE notebook output]"),
-    Claim("C10", "The findings hold for the 2.8B models", None, (), (),
-          "the same analyses on Pythia-2.8B / Mamba-2.8B", "Appendix D.5 (numbers UNKNOWN)", "[Q]"),
-)
 
 
 # ----------------------------------------------------------------------------- reading results

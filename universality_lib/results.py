@@ -11,16 +11,21 @@ Each call adds (or, for a name recorded before, replaces) one entry in
 ``$UNIVERSALITY_CHAPTER`` (set by :func:`universality_lib.book.build_book`), else the notebook's
 name when it can be found, else ``"misc"``.
 
-Prose shows recorded numbers with :func:`value` / :func:`fmt` and :func:`show`, so that no
-number in the text is typed in by hand::
+:func:`record` returns the value it recorded. Prose shows recorded numbers with :func:`value` / :func:`fmt`,
+verdicts with :func:`verdict` / :func:`verdicts`, and :func:`show`, so that no number in the text is typed in
+by hand::
 
-    show(f"The mean max correlation is {value('top1_max_corr'):.2f}.")
+    show(f"The mean max correlation is {value('top1_max_corr'):.2f} (the claim {verdict('top1_max_corr')}).")
+
+A paper claim's verdict is recorded by :func:`universality_lib.claims.check`, which adds the ``inputs`` the verdict
+was computed from.
 
 The file format (one JSON object per chapter)::
 
     {"chapter": "03_features", "records": [
         {"name": ..., "value": ..., "claim": ..., "criterion": ..., "passed": true|false|null,
-         "unit": ..., "note": ..., "preset": "tiny", "timestamp": "...Z", "version": "..."},
+         "unit": ..., "note": ..., "preset": "tiny", "timestamp": "...Z", "version": "...",
+         "inputs": {...} (only for a claim's verdict)},
         ...]}
 
 Non-finite floats (NaN, +-inf) are not JSON: they are stored as ``null`` and the entry gets a
@@ -41,7 +46,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_write_bytes
+from .cache import atomic_write_json
 from .errors import UniversalityError
 
 __all__ = [
@@ -55,6 +60,8 @@ __all__ = [
     "value",
     "fmt",
     "show",
+    "verdict",
+    "verdicts",
     "ENV_RESULTS_DIR",
     "ENV_CHAPTER",
     "ENV_PRESET",
@@ -152,85 +159,63 @@ def _to_plain(value: Any) -> Any:
 
 
 def _nonfinite_word(x: float) -> str | None:
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return None
+    return None if math.isfinite(x) else "nan" if math.isnan(x) else "inf" if x > 0 else "-inf"
 
 
 def _encode_value(name: str, value: Any) -> tuple[Any, Any]:
-    """(JSON value, nonfinite flag or None). Raises UniversalityError on unsupported values."""
+    """(JSON value, nonfinite flag or None): a non-finite float is stored as null, its flag the word ("nan", "inf",
+    "-inf"), or for a list a mapping from the flattened index to the word. Raises UniversalityError on unsupported
+    values."""
     value = _to_plain(value)
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, (bool, str)):
         return value, None
-    if isinstance(value, numbers.Integral):
-        return int(value), None
-    if isinstance(value, numbers.Real):
-        x = float(value)
-        word = _nonfinite_word(x)
-        return (None, word) if word else (x, None)
-    if isinstance(value, list):
-        flags: dict[str, str] = {}
-        counter = [0]
+    flags: dict[str, str] = {}
+    counter = [0]
 
-        def enc(v: Any, depth: int) -> Any:
-            v = _to_plain(v)
-            if isinstance(v, list):
-                if depth > 8:
-                    raise UniversalityError(f"record({name!r}): list nested too deeply.")
-                return [enc(e, depth + 1) for e in v]
-            idx = counter[0]
-            counter[0] += 1
-            if isinstance(v, bool):
-                return v
-            if isinstance(v, numbers.Integral):
-                return int(v)
-            if isinstance(v, numbers.Real):
-                x = float(v)
-                word = _nonfinite_word(x)
-                if word:
-                    flags[str(idx)] = word
-                    return None
-                return x
+    def enc(v: Any, depth: int) -> Any:
+        v = _to_plain(v)
+        if isinstance(v, list) and depth <= 8:
+            return [enc(e, depth + 1) for e in v]
+        if isinstance(v, list):
+            raise UniversalityError(f"record({name!r}): list nested too deeply.")
+        idx = counter[0]
+        counter[0] += 1
+        if isinstance(v, (bool, numbers.Integral)):
+            return v if isinstance(v, bool) else int(v)
+        if isinstance(v, numbers.Real):
+            word = _nonfinite_word(float(v))
+            if word:
+                flags[str(idx)] = word
+            return None if word else float(v)
+        if depth == 0:
             raise UniversalityError(
-                f"record({name!r}): a list value may hold only numbers (or nested lists of "
-                f"numbers); element {idx} is {type(v).__name__}: {v!r}."
-            )
+                f"record({name!r}): value must be a float, int, str, bool or a list of numbers "
+                f"(numpy/torch scalars and arrays are converted), got {type(v).__name__}: {v!r}.")
+        raise UniversalityError(
+            f"record({name!r}): a list value may hold only numbers (or nested lists of "
+            f"numbers); element {idx} is {type(v).__name__}: {v!r}.")
 
-        out = enc(value, 0)
-        return out, (flags or None)
-    raise UniversalityError(
-        f"record({name!r}): value must be a float, int, str, bool or a list of numbers "
-        f"(numpy/torch scalars and arrays are converted), got {type(value).__name__}: {value!r}."
-    )
+    out = enc(value, 0)
+    if not isinstance(value, list):
+        return out, flags.get("0")
+    return out, (flags or None)
 
 
 def _decode_value(entry: dict) -> Any:
     """The stored value with non-finite floats restored."""
-    v = entry.get("value")
-    flag = entry.get("nonfinite")
-    if not flag:
-        return v
-    if isinstance(flag, str):
-        return float(flag)
+    v, flag = entry.get("value"), entry.get("nonfinite")
+    if not flag or isinstance(flag, str):
+        return float(flag) if flag else v
     counter = [0]
 
     def dec(x: Any) -> Any:
         if isinstance(x, list):
             return [dec(e) for e in x]
-        idx = counter[0]
         counter[0] += 1
-        word = flag.get(str(idx))
+        word = flag.get(str(counter[0] - 1))
         return float(word) if word else x
 
     return dec(v)
-
-
-def _check_opt_str(field: str, v: Any) -> str | None:
-    if v is None or isinstance(v, str):
-        return v
-    raise UniversalityError(f"record(): {field} must be a string or None, got {type(v).__name__}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,10 +272,6 @@ def _read_file(path: Path) -> dict:
     return data
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=1, allow_nan=False) + "\n").encode("utf-8"))
-
-
 def record(
     name: str,
     value: Any,
@@ -301,20 +282,20 @@ def record(
     unit: str | None = None,
     chapter: str | None = None,
     note: str | None = None,
-) -> None:
-    """Record one named result (returns None, so a ``record(...)`` last in a cell prints nothing).
+    inputs: dict | None = None,
+) -> Any:
+    """Record one named result and return ``value`` (so ``x = record("x", f(...))`` reads like an assignment).
 
     ``value``: float, int, str, bool or a (nested) list of numbers; numpy/torch scalars and arrays
     are converted. NaN / inf are allowed and stored as ``null`` with a ``nonfinite`` flag.
     ``claim``: the paper claim the number tests; ``criterion``: the test in words;
-    ``passed``: whether the criterion holds (``None`` when it is not a pass/fail).
+    ``passed``: whether the criterion holds (``None`` when it is not a pass/fail); ``inputs``: the numbers a
+    verdict was computed from (JSON; :func:`universality_lib.claims.check` stores them).
     Recording a name again replaces the earlier entry (in place).
     """
-    if not isinstance(name, str) or not name.strip():
-        raise UniversalityError(f"record(): name must be a non-empty string, got {name!r}.")
+    if not isinstance(name, str) or not name.strip() or "\n" in name.strip():
+        raise UniversalityError(f"record(): name must be a non-empty string on one line, got {name!r}.")
     name = name.strip()
-    if "\n" in name:
-        raise UniversalityError(f"record(): name must be on one line, got {name!r}.")
     stored, flag = _encode_value(name, value)
     if passed is not None:
         if type(passed).__module__.startswith("numpy") and hasattr(passed, "item"):
@@ -323,47 +304,35 @@ def record(
             raise UniversalityError(
                 f"record({name!r}): passed must be True, False or None, got {type(passed).__name__}: {passed!r}."
             )
-    claim = _check_opt_str("claim", claim)
-    criterion = _check_opt_str("criterion", criterion)
-    unit = _check_opt_str("unit", unit)
-    note = _check_opt_str("note", note)
+    texts = {"claim": claim, "criterion": criterion, "unit": unit, "note": note}
+    for field, v in texts.items():
+        if not isinstance(v, (str, type(None))):
+            raise UniversalityError(f"record(): {field} must be a string or None, got {type(v).__name__}.")
     chapter = current_chapter(chapter)
-
     entry: dict[str, Any] = {
-        "name": name,
-        "value": stored,
-        "claim": claim,
-        "criterion": criterion,
-        "passed": passed,
-        "unit": unit,
-        "note": note,
-        "preset": os.environ.get(ENV_PRESET) or None,
+        "name": name, "value": stored, **texts, "passed": passed, "preset": os.environ.get(ENV_PRESET) or None,
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "version": _library_version(),
     }
     if flag is not None:
         entry["nonfinite"] = flag
+    if inputs is not None:
+        entry["inputs"] = inputs
     # fail here, not half-way through the write, if something slipped through
     try:
         json.dumps(entry, allow_nan=False)
-    except (TypeError, ValueError) as e:  # pragma: no cover - guarded by _encode_value
-        raise UniversalityError(f"record({name!r}): value is not JSON-serialisable ({e}).") from e
+    except (TypeError, ValueError) as e:
+        raise UniversalityError(f"record({name!r}): value or inputs are not JSON-serialisable ({e}).") from e
 
     path = results_dir() / f"{chapter}.json"
-    if path.exists():
-        data = _read_file(path)
-    else:
-        data = {"chapter": chapter, "records": []}
-    data["chapter"] = chapter
-    data["format"] = _FORMAT_VERSION
-    records = data["records"]
-    for i, old in enumerate(records):
-        if isinstance(old, dict) and old.get("name") == name:
-            records[i] = entry
-            break
+    records = _read_file(path)["records"] if path.exists() else []
+    same = [i for i, old in enumerate(records) if old.get("name") == name]
+    if same:
+        records[same[0]] = entry
     else:
         records.append(entry)
-    _atomic_write_json(path, {"chapter": chapter, "format": _FORMAT_VERSION, "records": records})
+    atomic_write_json(path, {"chapter": chapter, "format": _FORMAT_VERSION, "records": records})
+    return value
 
 
 def load_chapter(chapter: str | None = None, directory: str | os.PathLike | None = None) -> list[dict]:
@@ -438,6 +407,23 @@ def fmt(name: str, spec: str | None = None, *, unit: bool = True, chapter: str |
     if unit and u:
         text = f"{text} {u}" if not u.startswith("%") else f"{text}{u}"
     return text
+
+
+def verdict(name: str, held: str = "held", failed: str = "did not hold", chapter: str | None = None,
+            directory: str | os.PathLike | None = None) -> str:
+    """A recorded verdict in prose: ``held`` when ``name`` passed, else ``**failed**`` (bold)."""
+    return held if get(name, chapter, directory)["passed"] else f"**{failed}**"
+
+
+def verdicts(preset: str, chapter: str | None = None, directory: str | os.PathLike | None = None) -> str:
+    """Markdown: how many of the chapter's verdicts held at ``preset``, then one line per verdict (claim,
+    criterion, value, held or not)."""
+    recs = [r for r in load_chapter(chapter, directory) if r.get("passed") is not None]
+    lines = [f"- {r['claim']} ({r['criterion']}): "
+             f"{fmt(r['name'], '.3g' if isinstance(r['value'], float) else None, chapter=chapter, directory=directory)}"
+             f" → **{'held' if r['passed'] else 'did not hold'}**." for r in recs]
+    held = sum(r["passed"] for r in recs)
+    return f"At the `{preset}` preset, **{held} of {len(recs)}** claims held:\n\n" + "\n".join(lines)
 
 
 def show(markdown: str) -> None:
