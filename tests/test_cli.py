@@ -18,3 +18,24 @@ def test_unknown_model_is_refused_before_training(capsys):
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "universality_lib", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train" in out.stdout and "book" in out.stdout
+
+
+def test_book_module_is_an_alias_of_the_book_command():
+    """One CLI: ``python -m universality_lib.book`` takes the flags and gives the exit codes of ``... book``."""
+    run = [sys.executable, "-m", "universality_lib.book"]
+    out = subprocess.run([*run, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--chapters" in out.stdout and "--rerun" in out.stdout
+    out = subprocess.run([*run, "--preset", "huge"], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("error: unknown preset 'huge'")
+
+
+def test_the_sphinx_extension_named_in_config_imports():
+    import importlib
+
+    import yaml
+
+    from universality_lib import book
+
+    config = yaml.safe_load((book.ROOT / "_config.yml").read_text())
+    for name in config["sphinx"]["extra_extensions"]:
+        assert callable(importlib.import_module(name).setup), name

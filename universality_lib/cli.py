@@ -2,8 +2,9 @@
 
 * ``train --preset P [--models T T2 M] [--device cuda] [--max-steps N]``: train a preset's zoo (resumable: Ctrl-C
   or a kill keeps the last checkpoint, and the same command continues from it).
-* ``book --preset P [--out build] [--chapters ...] [--no-html]``: execute every chapter with papermill,
-  then build the HTML book.
+* ``book --preset P [--out build] [--chapters A B | A,B] [--no-html] [--timeout S] [--kernel K] [--rerun]``:
+  execute every chapter with papermill (restoring the unchanged ones from the cache), then build the HTML book
+  (:func:`universality_lib.book.build_book`; ``python -m universality_lib.book ...`` is an alias of this).
 * ``info --preset P``: the preset, its corpus manifest and its zoo.
 * ``report --preset P [--out build] [--results DIR] [--markdown]``: the reproduction report (claims C1-C10) from
   the chapters' results files; exits 1 when a chapter's results are missing.
@@ -41,11 +42,14 @@ def main(argv: list[str] | None = None) -> int:
 
     b = sub.add_parser("book", help="execute every chapter with papermill and build the HTML book")
     _preset_arg(b)
-    b.add_argument("--out", default="build")
-    b.add_argument("--chapters", nargs="*", default=None)
-    b.add_argument("--no-html", action="store_true")
-    b.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    b.add_argument("--out", default="build", help="output folder (default: build); results go to OUT/PRESET/")
+    b.add_argument("--chapters", nargs="+", default=None,
+                   help="notebook stems to run (default: all); comma-separated also works")
+    b.add_argument("--no-html", action="store_true", help="execute the notebooks only, skip jupyter-book build")
+    b.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default: none)")
+    b.add_argument("--kernel", default=None, help="a kernelspec name (default: this Python interpreter)")
     b.add_argument("--rerun", action="store_true", help="execute every chapter, even those the cache holds unchanged")
+    b.add_argument("--root", default=None, help=argparse.SUPPRESS)  # another book's folder (tests)
 
     i = sub.add_parser("info", help="show a preset, its corpus and its zoo")
     _preset_arg(i)
@@ -74,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "book":
             from .book import build_book
 
-            index = build_book(preset=preset.name, out=args.out, chapters=args.chapters,
-                               html=not args.no_html, timeout=args.timeout, reuse=not args.rerun)
+            chapters = None if args.chapters is None else [c.strip() for item in args.chapters
+                                                           for c in item.split(",") if c.strip()]
+            index = build_book(preset=preset, out=args.out, chapters=chapters, html=not args.no_html,
+                               timeout=args.timeout, kernel=args.kernel, root=args.root, reuse=not args.rerun)
             print(f"[book] {index}")
         elif args.cmd == "info":
             from . import corpus, zoo

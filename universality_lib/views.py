@@ -13,9 +13,9 @@ views through :func:`show` instead, which always uses the inline variant:
     pane = views.html(cv.tokens.colored_tokens(tokens=toks, values=acts))     # the HTML, to lay out yourself
 
 In a notebook each output carries the bundle, so it works on its own. The built book keeps one copy: the book's
-Sphinx extension (:mod:`universality_lib.book`) writes :func:`bundle` to ``_static/circuitsvis.js`` and passes every
-page through :func:`share_bundle`, so a page loads the bundle once from there (still no network) and its views keep
-only their render calls.
+Sphinx extension (:mod:`universality_lib.book.extension`) writes :func:`bundle` to ``_static/circuitsvis.js`` and
+passes every page through :func:`share_bundle`, so a page loads the bundle once from there (still no network) and its
+views keep only their render calls.
 
 Glossary:
     view      a circuitsvis ``RenderedHTML``
