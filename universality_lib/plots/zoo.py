@@ -18,12 +18,7 @@ def loss_by_position(curves: dict[str, "np.ndarray"], title: str = "", ylabel: s
     for label, x in (marks or {}).items():
         ax.axvline(x, color="grey", ls=":", lw=1)
         ax.text(x, ax.get_ylim()[1], f" {label}", va="top", fontsize=8, color="grey")
-    ax.set_xlabel("position of the predicted token")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(frameon=False)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "position of the predicted token", ylabel, title)
 
 
 def training_curves(logs: dict[str, list[dict]], key: str = "loss", title: str = "training loss"):
@@ -32,8 +27,13 @@ def training_curves(logs: dict[str, list[dict]], key: str = "loss", title: str =
     for name, rows in logs.items():
         if rows:
             ax.plot([r["tokens"] for r in rows], [r[key] for r in rows], label=name, lw=1.2)
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel(key)
+    return _finish(fig, ax, "training tokens", key, title)
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str):
+    """Axis labels, title and legend of a one-panel line plot; returns the Figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(frameon=False)
     fig.tight_layout()
