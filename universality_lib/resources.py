@@ -13,7 +13,9 @@ Method (also written out on the page):
   dt_proj, A_log, conv kernel 4 + bias, dt bias, D, RMSNorm), tied embedding ``V_M D`` (vocabulary padded to a
   multiple of 8);
 * forward FLOPs per token = 2 x (the block matrices' parameters) + attention ``4 n_ctx D`` per Transformer block;
-  an SAE reads layer ``l`` with ``stop_at_layer = l + 1``, so on average ``(L + 1) / 2`` blocks run;
+  the SAEs of a model are trained from one shared forward pass (``saes.train_all``), so every block of every model
+  runs once per training token, whatever the number of SAEs reading it (one by one, an SAE on layer ``l`` would run
+  blocks ``0..l`` for its own tokens);
 * SAE training FLOPs per token = ``12 D F`` (encoder and decoder, ``2 D F`` each forward, backward twice the
   forward), ``F = expansion_factor x D``;
 * dense MPPC FLOPs per layer pair = ``2 n F_a F_b`` (the cross-product matrix over ``n`` tokens);
@@ -21,10 +23,11 @@ Method (also written out on the page):
   1e-6-accurate MPPC and the induction sweep (TF32 off, PyTorch's default for matmuls); with
   ``SAEConfig.autocast`` the SAE steps themselves (the ``12 D F`` FLOPs, sae-lens autocasts them to bfloat16) at the
   16-bit tensor-core peak, on GPUs with native bfloat16 only (a T4 has none: estimated at its float32 peak);
-* memory per step: Adam state (16 bytes per SAE parameter), four ``[batch_tokens, F]`` float32 tensors (pre- and
+* memory per step: Adam state and weights (16 bytes per SAE parameter) of every SAE of the model with the most SAEs
+  (the shared pass holds them all), four ``[batch_tokens, F]`` float32 tensors (pre- and
   post-ReLU activations and their gradients), the model's float32 weights, one forward pass's largest transient
-  (attention scores ``rows x H x ctx^2``) and sae-lens' activation buffer (``n_batches_in_buffer x rows x ctx x D``,
-  twice for its mixing), all counted in float32 also under autocast (an upper bound); for MPPC the float64
+  (attention scores ``rows x H x ctx^2``) and sae-lens' activation buffer of each of those SAEs
+  (``(n_batches_in_buffer + rows) x ctx x D``, twice for its mixing), all counted in float32 also under autocast (an upper bound); for MPPC the float64
   ``F x F`` cross-product matrix of one layer pair.
 
 Glossary: ``L`` blocks, ``D`` d_model, ``E = expand x D``, ``N`` d_state, ``R = ceil(D / 16)`` dt rank, ``V``
@@ -129,10 +132,10 @@ def _shapes(p: Preset) -> dict:
             "layers": {"T": t.n_layers, "M": m.n_layers}, "F": p.sae.expansion_factor * t.d_model, "models": mod}
 
 
-def _sae_row(p: Preset, shared_forward: bool = False) -> dict:
-    """The SAE stage. Each SAE runs its model up to its layer on its own tokens (``saes.train``); with
-    ``shared_forward`` one forward pass of each model feeds every layer's SAE (issue 15 item 1; the SAE-seed skyline's
-    extra seeds read the same pass)."""
+def _sae_row(p: Preset, shared_forward: bool = True) -> dict:
+    """The SAE stage. With ``shared_forward`` (``saes.train_all``'s default, ``saes.train_shared``) one forward
+    pass of each model feeds every layer's SAE and the SAE-seed skyline's extra seeds; without, each SAE runs its
+    model up to its layer on its own tokens (``saes.train``, one by one)."""
     t, s = p.transformer, p.sae
     sh = _shapes(p)
     D, F, ctx, rows = t.d_model, sh["F"], s.context, s.store_batch_rows
@@ -147,9 +150,14 @@ def _sae_row(p: Preset, shared_forward: bool = False) -> dict:
     sae_steps_flops = len(jobs) * s.training_tokens * 12 * D * F
     sae_flops = sae_steps_flops + sum(sh["block"][f] * block_tokens[f] for f in "TM")
     sae_params = 2 * D * F + F + D
-    buffer = 2 * s.n_batches_in_buffer * rows * ctx * D * 4
     attn_scores = rows * t.n_heads * ctx * ctx * 4
-    sae_mem = 16 * sae_params + 4 * s.batch_tokens * F * 4 + 4 * sh["models"]["T"]["total"] + attn_scores + buffer
+    # sae-lens' mixing buffer: n_batches_in_buffer x ctx tokens, plus the forward batch (rows x ctx) it appends,
+    # twice (the concatenation copies it); the shared pass holds every SAE of the model with the most SAEs and one
+    # such buffer per SAE (its hook, per seed)
+    n_held = max(sum(1 for m, _ in jobs if m == n) for n in layers) if shared_forward else 1
+    buffer = 2 * (s.n_batches_in_buffer * ctx + rows * ctx) * D * 4 * n_held
+    sae_mem = (16 * sae_params * n_held + 4 * s.batch_tokens * F * 4 + 4 * sh["models"]["T"]["total"] + attn_scores
+               + buffer)
     return {"stage": "SAE training (chapter 2)",
             "what": f"{len(jobs)} SAEs x {s.training_tokens:,} tokens, F = {F:,}, batch {s.batch_tokens:,} tokens",
             "count": len(jobs), "tokens": len(jobs) * s.training_tokens, "flops": sae_flops,
@@ -456,7 +464,9 @@ def page(preset: "str | Preset" = "paper", measured: "str | Path | None" = None)
         f"Its embedding is tied, with the vocabulary padded to a multiple of 8 ($V_M$ = "
         f"{pad_vocab(p, 'M'):,}). The tests check both formulas against real models.",
         "* **Forward FLOPs per token**: twice the block matrices' parameters, plus $4 n_{ctx} D$ per Transformer "
-        "block for attention. An SAE on layer $l$ runs the model up to block $l$ only.",
+        "block for attention. The SAEs of a model are trained from one shared forward pass: each block runs once per "
+        "training token for all the SAEs that read the model (one by one, an SAE on layer $l$ would run blocks "
+        "$0..l$ for its own tokens).",
         "* **SAE training FLOPs per token**: $12DF$, that is $2DF$ for the encoder and $2DF$ for the decoder, "
         "with the backward pass costing twice the forward.",
         "* **Dense MPPC**: $2nF_aF_b$ per layer pair, the cross-product matrix over $n$ tokens, plus the forward "
@@ -482,9 +492,11 @@ def page(preset: "str | Preset" = "paper", measured: "str | Path | None" = None)
            "tensor cores. The T4 has none (sae-lens autocasts to bfloat16, which a T4 emulates slowly), so its SAE "
            "steps are priced at its float32 peak." if p.sae.autocast else "The SAE steps run in float32, "
            "sae-lens' default (`SAEConfig.autocast` is off)."),
-        "* **Memory per step**: the Adam state (16 bytes per SAE parameter), four $[\\text{batch}, F]$ float32 "
-        "tensors (counted in float32 under autocast too, an upper bound), the float32 model weights, the attention scores of one forward batch and sae-lens' activation "
-        "buffer (counted twice, for its mixing). For MPPC, the float64 $F \\times F$ cross-product matrix of one "
+        "* **Memory per step**: the Adam state and weights (16 bytes per SAE parameter) of every SAE that one shared "
+        "pass trains (the model with the most SAEs), four $[\\text{batch}, F]$ float32 "
+        "tensors (counted in float32 under autocast too, an upper bound), the float32 model weights, the attention "
+        "scores of one forward batch and sae-lens' activation buffer of each of those SAEs ($n_{buffer} \\cdot ctx$ "
+        "tokens plus one forward batch, counted twice, for its mixing). For MPPC, the float64 $F \\times F$ cross-product matrix of one "
         "layer pair. Mamba is assumed to run with mamba_ssm's kernels (the `gpu` extra). Without them, the "
         "pure-PyTorch scan materialises $[\\text{batch}, L, E, N]$ tensors and needs several GB more.",
         "",
@@ -513,10 +525,18 @@ def _mppc_and_sweep(p: Preset, rows: list[dict]) -> list[str]:
               f"on the {a100.name}: those repeated forward passes and encodes dominate its time. The \"all three\" "
               "total counts the sparse path." if sparse else
               "The sparse GPU back end has no cost estimate in this engine yet, so the total counts the dense path.")]
-    shared = _sae_row(p, shared_forward=True)
-    out += ["", f"**One forward pass for all SAEs of a model** (issue 15 item 1, not in `saes.train` yet) would cut the "
-            f"SAE stage to {_fmt_time(seconds(shared, a100))} on the {a100.name} (from "
-            f"{_fmt_time(seconds(rows[0], a100))}): each SAE now runs its model up to its own layer on its own tokens."]
+    alone, shared = _sae_row(p, shared_forward=False), rows[0]
+    sh = _shapes(p)
+    fwd = {k: sum(sh["block"][f] * r["units"][f"block_tokens_{f}"] for f in "TM") / (a100.fp32_tflops * 1e12 * EFFICIENCY) for k, r in
+           (("alone", alone), ("shared", shared))}
+    per_model = shared["count"] / len(_FAMILY)  # SAEs per model (T, T2, M, M0)
+    out += ["", f"**One forward pass for all SAEs of a model** (`saes.train_all`, through `saes.train_shared`). "
+            f"Trained one by one, each SAE would run its model up to its own layer on its own tokens: the SAE stage "
+            f"would take {_fmt_time(seconds(alone, a100))} on the {a100.name}, {fwd['alone'] / seconds(alone, a100):.0%} "
+            f"of it in the model forward passes. One pass per model feeds all its SAEs ({per_model:g} per model on "
+            f"average, the SAE-seed twins included), which divides those forwards by {fwd['alone'] / fwd['shared']:.1f} "
+            f"and brings the stage to {_fmt_time(seconds(shared, a100))}. Each SAE is the one it would be alone "
+            "(`tests/test_saes_shared.py`), with the same cache entry."]
     cfg = task_config(p)
     rule = cfg.precision()
     out += ["", f"**Induction sweeps sized by precision.** Each sweep of chapter 5 checks after every batch of "
