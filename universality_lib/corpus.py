@@ -26,9 +26,17 @@ Token stream: each split is tokenized once into one 1-D array ``[EOT] doc0 [EOT]
 with its sha256. Rows handed to models are ``[BOS] + (context - 1)`` consecutive stream tokens, so token
 ``k`` of a row means the same thing for every architecture. Activations of two models may only be
 compared on streams whose hashes are equal (``check_same_stream``).
+
+Memo (within one process): :func:`manifest` reads and hashes every document, so its result is kept per corpus,
+keyed by :func:`_corpus_key`: the preset's ``CorpusConfig``, the Python version and, for the standard library,
+the path, size and modification time of every file the walk sees (plus the pins of the text sources). An edited,
+added or removed file changes that key, so a changed corpus is noticed where a re-read would notice it; a hub
+corpus is named, not hashed, and not memoised. :func:`token_stream` keeps each stream per cache key (the same key
+that names its cache folder) and uses it again while that folder's ``tokens.npy`` is the file it loaded.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -44,7 +52,7 @@ import torch
 
 from . import cache, hub, sources
 from .errors import StreamMismatchError, UniversalityError
-from .presets import Preset, get as get_preset
+from .presets import Preset, get as get_preset, shipped_dir
 
 EOT = "<|endoftext|>"
 SPLITS = ("lm_train", "sae_train", "eval", "heldout")
@@ -72,23 +80,27 @@ def _split_of(relpath: str, splits) -> str:
     return splits[-1][0]
 
 
-def stdlib_documents(include_tests: bool = True, max_files: int | None = None) -> dict[str, str]:
-    """``{relative path: text}`` of the standard library sources, sorted by path."""
-    root = stdlib_root()
-    docs: dict[str, str] = {}
+def _stdlib_files(root: Path, include_tests: bool) -> Iterator[Path]:
+    """Every ``*.py`` of the corpus walk under ``root`` (before the UTF-8 check), in walk order."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "__pycache__")
                              and not d.startswith("config-")
                              and (include_tests or d not in ("test", "tests", "idle_test")))
         for fn in sorted(filenames):
-            if not fn.endswith(".py") or fn.startswith("_sysconfigdata"):
-                continue
-            path = Path(dirpath) / fn
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue  # a handful of test files are deliberately not UTF-8
-            docs[path.relative_to(root).as_posix()] = text
+            if fn.endswith(".py") and not fn.startswith("_sysconfigdata"):
+                yield Path(dirpath) / fn
+
+
+def stdlib_documents(include_tests: bool = True, max_files: int | None = None) -> dict[str, str]:
+    """``{relative path: text}`` of the standard library sources, sorted by path."""
+    root = stdlib_root()
+    docs: dict[str, str] = {}
+    for path in _stdlib_files(root, include_tests):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue  # a handful of test files are deliberately not UTF-8
+        docs[path.relative_to(root).as_posix()] = text
     docs = dict(sorted(docs.items()))
     if max_files is not None:  # a spread-out, deterministic subset (by path hash), kept in path order
         keep = sorted(docs, key=lambda p: hashlib.sha256(b"subset:" + p.encode()).hexdigest())[:max_files]
@@ -188,9 +200,42 @@ def documents(preset: "str | Preset", split: str | None = None, kind: str | None
     return {k: v for k, v in docs.items() if _split_of(k, c.splits) == split}
 
 
+def _corpus_key(p: Preset) -> tuple | None:
+    """What the documents of ``p`` are a function of, read without reading them: the corpus config, the Python
+    version, the text sources' pins and the (path, size, mtime) of every standard-library file the walk sees.
+    None for a hub corpus (named, not hashed: never memoised)."""
+    c = p.corpus
+    if c.source != "stdlib":
+        return None
+    root = stdlib_root()
+    files = []
+    for path in _stdlib_files(root, c.include_tests):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        files.append((path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    pins = json.dumps([sources.get(n).spec() for n in c.text_sources], sort_keys=True)
+    return (c, platform.python_version(), str(root), pins, hashlib.sha256(repr(files).encode()).hexdigest())
+
+
+_MANIFESTS: dict[tuple, dict] = {}  # _corpus_key -> manifest (this process)
+
+
 def manifest(preset: "str | Preset") -> dict:
-    """File count, bytes and content hash of the corpus and of each split."""
+    """File count, bytes and content hash of the corpus and of each split (memoised per corpus: see the module
+    docstring; a copy is returned)."""
     p = get_preset(preset)
+    key = _corpus_key(p)
+    if key is not None and key in _MANIFESTS:
+        return copy.deepcopy(_MANIFESTS[key])
+    out = _manifest(p)
+    if key is not None:
+        _MANIFESTS[key] = copy.deepcopy(out)
+    return out
+
+
+def _manifest(p: Preset) -> dict:
     docs = documents(p)
     out = {"source": p.corpus.source, "python": platform.python_version(),
            "include_tests": p.corpus.include_tests, "max_files": p.corpus.max_files,
@@ -262,8 +307,6 @@ def tokenizer_folder(preset: "str | Preset") -> Path:
     if p.corpus.tokenizer is not None:
         return hub.snapshot(p.corpus.tokenizer, ["*.json", "*.txt", "*.model"], what="tokenizer")
     if p.shipped:
-        from .zoo import shipped_dir  # lazy: zoo imports corpus
-
         shipped = shipped_dir(p) / "tokenizer"
         if (shipped / cache.MANIFEST).exists():
             cache.verify_manifest(shipped)
@@ -345,6 +388,11 @@ def token_stream(preset: "str | Preset", split: str = "eval", tokenizer=None, ki
                 "dataset_split": c.dataset_split, "text_column": c.text_column, "max_files": c.max_files,
                 "splits": c.splits, "split_source_max_docs": c.split_source_max_docs}
     key = cache.stable_hash({"split": what, "tok": tokenizer_hash(tok), "v": 1})
+    memo_key = (str(cache.cache_dir()), key, split, tok.bos_token_id)
+    if memo_key in _STREAMS:
+        stream, stamp = _STREAMS[memo_key]
+        if _stamp(cache.cache_dir() / "tokens" / key) == stamp:
+            return TokenStream(tokens=stream.tokens, split=split, sha256=stream.sha256, bos_id=stream.bos_id)
 
     def build(tmp: Path) -> None:
         docs = documents(p, split, kind)
@@ -362,8 +410,25 @@ def token_stream(preset: "str | Preset", split: str = "eval", tokenizer=None, ki
 
     folder = cache.cached_folder("tokens", key, build)
     arr = np.load(folder / "tokens.npy")
-    return TokenStream(tokens=arr, split=split, sha256=hashlib.sha256(arr.tobytes()).hexdigest()[:16],
-                       bos_id=tok.bos_token_id)
+    stream = TokenStream(tokens=arr, split=split, sha256=hashlib.sha256(arr.tobytes()).hexdigest()[:16],
+                         bos_id=tok.bos_token_id)
+    stamp = _stamp(folder)
+    if stamp is not None:
+        _STREAMS[memo_key] = (stream, stamp)
+    return TokenStream(tokens=arr, split=split, sha256=stream.sha256, bos_id=stream.bos_id)
+
+
+_STREAMS: dict[tuple, tuple[TokenStream, tuple]] = {}  # (cache dir, cache key, split, bos) -> (stream, _stamp)
+
+
+def _stamp(folder: Path) -> tuple | None:
+    """(size, mtime, inode) of a stream folder's ``tokens.npy`` and its manifest: a rebuilt or rewritten entry
+    changes it. None when the folder is gone."""
+    try:
+        return tuple((st.st_size, st.st_mtime_ns, st.st_ino)
+                     for st in ((folder / "tokens.npy").stat(), (folder / cache.MANIFEST).stat()))
+    except OSError:
+        return None
 
 
 def check_same_stream(a: str, b: str, what: str = "activations") -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import UniversalityError
 
@@ -333,6 +334,13 @@ def table() -> list[dict]:
             "what for": p.description,
         })
     return rows
+
+
+def shipped_dir(preset: "str | Preset") -> Path:
+    """The folder of a preset's shipped files in the package (``universality_lib/zoo/<name>/``: checkpoints,
+    tokenizer, recipe trials). Here, not in ``zoo``, so that ``corpus`` finds the shipped tokenizer without
+    importing the zoo above it."""
+    return Path(__file__).parent / "zoo" / get(preset).name
 
 
 def hub_name(preset: "str | Preset", name: str) -> str:

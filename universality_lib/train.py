@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,30 +28,7 @@ from . import cache
 from .corpus import TokenStream, iter_batches
 from .errors import UniversalityError
 from .presets import TrainConfig
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_device(device: "str | torch.device | None") -> torch.device:
-    """``device`` checked against this machine (None: :func:`default_device`); one clear error otherwise."""
-    if device is None:
-        return default_device()
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise UniversalityError(f"unknown device {device!r}: use 'cpu' or 'cuda' (or 'cuda:N'), or leave it out to "
-                                f"use the GPU when there is one.") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UniversalityError(f"device {device!r} asked for, but torch sees no CUDA GPU on this machine "
-                                f"(torch {torch.__version__}): use 'cpu', or leave the device out.")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UniversalityError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} "
-                                f"GPU(s): use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'.")
-    if dev.type not in ("cpu", "cuda"):
-        raise UniversalityError(f"device {device!r}: the library runs on 'cpu' or 'cuda'.")
-    return dev
+from .runtime import default_device, resolve_device, set_threads  # noqa: F401  (train.resolve_device etc.: old paths)
 
 
 def check_max_steps(max_steps) -> None:
@@ -203,7 +179,7 @@ def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, re
     saved = state.step
     seed_data = cfg.data_seed + 7919 * seed
     batches = iter_batches(stream, cfg.batch_size, cfg.context, seed_data, start_step=state.step)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     log = open(out_dir / "log.jsonl", "a")
     stop = total if max_steps is None else min(total, state.step + max_steps)
     # few, slow updates: in an executed notebook every update is kept as a line of output
@@ -278,16 +254,3 @@ def read_log(out_dir: str | Path) -> list[dict]:
     rows = {r["step"]: r for r in _log_rows(Path(out_dir) / "log.jsonl")}
     return [rows[k] for k in sorted(rows)]
 
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def set_threads() -> None:
-    """Use every core for intra-op work on CPU (the default can be lower inside notebooks)."""
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, os.cpu_count() or 1))

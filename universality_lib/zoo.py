@@ -22,22 +22,20 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 from pathlib import Path
 
 import torch
 
 from . import cache, corpus
+from .circuits.induction import training_probe
 from .errors import UniversalityError
 from .models import family as model_family, n_params
-from .presets import Preset, get as get_preset, hub_name
+from .presets import Preset, get as get_preset, hub_name, shipped_dir
+from .runtime import device_name, resolve_device
+from .train import check_max_steps, read_log, train
 
 RANDOM_BASELINE = "M0"
-
-
-def shipped_dir(preset: "str | Preset") -> Path:
-    return Path(__file__).parent / "zoo" / get_preset(preset).name
 
 
 def names(preset: "str | Preset", with_baseline: bool = False) -> list[str]:
@@ -142,7 +140,7 @@ def load(preset: "str | Preset", name: str, device: str | None = None, train_if_
     time; ``paper`` loads from the hub. ``M0`` is always the untrained baseline.
     """
     p = get_preset(preset)
-    device = str(_resolve_device(device))
+    device = str(resolve_device(device))
     if p.needs_internet:
         return _load_paper(p, name, device)
     tok = corpus.load_tokenizer(p)
@@ -188,12 +186,6 @@ def _load_paper(p: Preset, name: str, device: str):
     return HookedMamba.from_pretrained(hub, tokenizer=tok).to(device).eval()
 
 
-def _resolve_device(device) -> torch.device:
-    from .train import resolve_device
-
-    return resolve_device(device)
-
-
 # ----------------------------------------------------------------------------- training
 def train_model(preset: "str | Preset", name: str, device: str | None = None, work_dir: str | Path | None = None,
                 max_steps: int | None = None, progress: bool = True) -> Path | None:
@@ -202,16 +194,13 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
     Returns the installed checkpoint folder, or None when ``max_steps`` stopped a longer run early
     (run again to continue).
     """
-    from .induction import induction_check, natural_text_rows, repeated_random_tokens
-    from .train import check_max_steps, read_log, train
-
     p = get_preset(preset)
     family, seed = spec(p, name)
     if name == RANDOM_BASELINE:
         raise UniversalityError(f"{RANDOM_BASELINE} is the untrained baseline: there is nothing to train.")
     if p.needs_internet:
         raise UniversalityError("the 'paper' preset uses the published checkpoints; there is nothing to train.")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     check_max_steps(max_steps)
     work = Path(work_dir) if work_dir else cache.cache_dir() / "runs" / p.name / _key(p) / name
     cache.writable_dir(work, "the training folder", "choose another --work-dir (work_dir=)")
@@ -219,18 +208,7 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
     stream = corpus.token_stream(p, "lm_train", tok)
     vocab = corpus.frequent_tokens(corpus.token_stream(p, "eval", tok), 1000)
     model = build(p, name, tokenizer=tok, device=str(dev))
-    probe = repeated_random_tokens(vocab, 16, min(64, (p.train.context - 1) // 2), tok.bos_token_id, seed=99)
-
-    # natural-text induction on the held-out split (zoo v2), logged as it forms: 16 snippets of prose and of code
-    natural = {kind: natural_text_rows(p, tok, kind, n=16, seq_len=min(64, (p.train.context - 1) // 2))
-               for kind in ("text", "code")} if "heldout" in corpus.split_names(p) and p.corpus.text_sources else {}
-
-    def eval_fn(m):
-        c = induction_check(m, probe)
-        row = {"repeat_first": round(c.first_copy_loss, 4), "repeat_second": round(c.repeat_loss, 4)}
-        for kind, rows in natural.items():
-            row[f"natural_{kind}_ratio"] = round(induction_check(m, rows).ratio, 4)
-        return row
+    eval_fn = training_probe(p, tok, vocab)  # induction as it forms: repeat losses (+ natural-text ratios, zoo v2)
 
     torch.manual_seed(seed)
     state = train(model, stream, p.train, work, seed=seed, save_model=save_model, load_weights=load_weights,
@@ -250,7 +228,7 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
             "tokenizer_sha": corpus.tokenizer_hash(tok), "corpus_sha256": manifest["sha256"],
             "train": p.to_dict()["train"], "steps": state.step, "tokens": state.tokens,
             "wall_seconds": round(state.wall_seconds, 1), "final_loss": state.last_loss,
-            "device": dev.type, "machine": _machine(dev), "threads": torch.get_num_threads(),
+            "device": dev.type, "machine": device_name(dev), "threads": torch.get_num_threads(),
             "n_params": n_params(model),
         })
     return dest
@@ -268,9 +246,7 @@ def train_models(preset: "str | Preset", models: list[str] | None = None, device
     models = list(models or names(p))
     for name in models:
         spec(p, name)
-    dev = _resolve_device(device)
-    from .train import check_max_steps
-
+    dev = resolve_device(device)
     check_max_steps(max_steps)
     if jobs is None:
         jobs = 1 if dev.type == "cuda" else len(models)
@@ -287,12 +263,6 @@ def train_models(preset: "str | Preset", models: list[str] | None = None, device
                              initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         futures = {n: pool.submit(train_model, p, n, device, work(n), max_steps, True) for n in models}
         return {n: f.result() for n, f in futures.items()}
-
-
-def _machine(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()} ({platform.system()})"
 
 
 def ship_tokenizer(preset: "str | Preset") -> Path:
