@@ -6,24 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from universality_lib import cache, corpus, presets, saes, zoo
+from universality_lib import cache, presets, saes, zoo
 from universality_lib.errors import UniversalityError
 from universality_lib.presets import SAEConfig, TransformerConfig
+
+from test_saes import rows, tok  # noqa: F401  (the smoke tokenizer and sae_train rows, shared fixtures)
 
 CFG = SAEConfig(expansion_factor=2, l1_coefficient=1.0, training_tokens=4096, batch_tokens=256, lr=3e-3,
                 context=64, n_batches_in_buffer=8, store_batch_rows=8, dead_feature_window=50, eval_tokens=1024,
                 seeds=(0, 1), seed_skyline="T")
 WEIGHTS = ("W_enc", "W_dec", "b_enc", "b_dec")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return corpus.load_tokenizer("smoke")
-
-
-@pytest.fixture(scope="module")
-def rows(tok):
-    return corpus.token_stream("smoke", "sae_train", tok).rows(64)
 
 
 @pytest.fixture(scope="module")

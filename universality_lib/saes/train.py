@@ -339,14 +339,29 @@ def _init_sae(job: _Job, model, dev: torch.device) -> None:
     job.rng_after_init = torch.get_rng_state()
 
 
-def _check_rows(model, cfg: SAEConfig, rows: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+def _prepare(model, cfg: SAEConfig, rows: torch.Tensor, device) -> tuple[object, list[int], torch.device]:
+    """The rows checked, as the in-memory ``datasets.Dataset`` sae-lens reads; the special ids; the device."""
+    import datasets
+
     rows = acts.check_rows(model, rows, min_len=cfg.context)[:, :cfg.context]  # [n, context]
     ids = special_ids(model)
     if not acts.token_mask(rows, ids).any():  # sae-lens would wait forever for its buffer to fill
         raise UniversalityError(
             f"rows hold no ordinary token (every position is one of the special ids {ids}: BOS / a separator), so "
             f"there is nothing to train on: pass rows of tokenized text (TokenStream.rows({cfg.context})).")
-    return rows, ids
+    dev = torch.device(device) if device is not None else model_device(model)
+    return datasets.Dataset.from_dict({"tokens": rows.cpu().numpy()}), ids, dev
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Run the block with the model in eval mode, then put its mode back."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def train(model, layer: int, cfg: SAEConfig, rows: torch.Tensor, *, seed: int = 0, folder: str | Path | None = None,
@@ -360,27 +375,19 @@ def train(model, layer: int, cfg: SAEConfig, rows: torch.Tensor, *, seed: int = 
     ``threads``: torch intra-op threads while training (None: as set; see :func:`threads_set_to`).
     Mirrors sae-lens' ``LanguageModelSAETrainingRunner.run`` (store, SAE, ``SAETrainer.fit``).
     """
-    import datasets
     from sae_lens.training.activations_store import ActivationsStore
 
     _check_config(cfg)
-    rows, ids = _check_rows(model, cfg, rows)
-    dev = torch.device(device) if device is not None else model_device(model)
+    ds, ids, dev = _prepare(model, cfg, rows, device)
     job = _job(model, layer, seed, cfg, ids, dev, model_name)
     n_steps = job.runner_cfg.total_training_steps
-    ds = datasets.Dataset.from_dict({"tokens": rows.cpu().numpy()})
-    was_training = model.training
-    model.eval()
     t0 = time.perf_counter()
-    try:
-        with _quiet_sae_lens(progress), threads_set_to(threads):
-            torch.manual_seed(seed)
-            store = ActivationsStore.from_config(model, job.runner_cfg, override_dataset=ds)
-            _init_sae(job, model, dev)  # seeds again: the store drew nothing from the RNG
-            job.trainer = _make_trainer(job.runner_cfg, job.sae, _normalised(iter(store)), n_steps, progress, cfg)
-            job.sae = job.trainer.fit()
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), _quiet_sae_lens(progress), threads_set_to(threads):
+        torch.manual_seed(seed)
+        store = ActivationsStore.from_config(model, job.runner_cfg, override_dataset=ds)
+        _init_sae(job, model, dev)  # seeds again: the store drew nothing from the RNG
+        job.trainer = _make_trainer(job.runner_cfg, job.sae, _normalised(iter(store)), n_steps, progress, cfg)
+        job.sae = job.trainer.fit()
     return _save(job, model, cfg, dev, time.perf_counter() - t0, threads, extra_info, folder)
 
 
@@ -394,7 +401,6 @@ def train_shared(model, layers_seeds: list[tuple[int, int]], cfg: SAEConfig, row
     ``folders`` / ``extra_info``: one per SAE, as ``train``'s ``folder`` / ``extra_info``. Returns one
     :class:`TrainResult` per SAE, in the order asked; each records a share of the pass's wall time (the pass
     divided by the SAEs), so that the walls of a model's SAEs still add up to its training time."""
-    import datasets
     from sae_lens.training.activations_store import ActivationsStore
     from sae_lens.training.mixing_buffer import multi_hook_concat_split_iter
     from tqdm.auto import tqdm
@@ -412,69 +418,62 @@ def train_shared(model, layers_seeds: list[tuple[int, int]], cfg: SAEConfig, row
                       (SAETrainer, "set_final_sae_metadata")]:  # the seams of SAETrainer.fit's loop we drive
         if not hasattr(cls, seam):
             raise UniversalityError(f"this sae-lens version has no {cls.__name__}.{seam}; pin sae-lens 6.54.")
-    rows, ids = _check_rows(model, cfg, rows)
-    dev = torch.device(device) if device is not None else model_device(model)
+    ds, ids, dev = _prepare(model, cfg, rows, device)
     jobs = [_job(model, layer, seed, cfg, ids, dev, model_name) for layer, seed in layers_seeds]
     rc = jobs[0].runner_cfg
     n_steps = rc.total_training_steps
-    ds = datasets.Dataset.from_dict({"tokens": rows.cpu().numpy()})
-    was_training = model.training
-    model.eval()
     t0 = time.perf_counter()
-    try:
-        with _quiet_sae_lens(False), threads_set_to(threads):
-            hooks = list(dict.fromkeys(j.hook for j in jobs))
-            store = ActivationsStore.from_config_multi_hook(
-                model, dataset=ds, hook_names=hooks, hook_d_ins={j.hook: j.d_in for j in jobs}, streaming=False,
-                context_size=rc.context_size, n_batches_in_buffer=rc.n_batches_in_buffer,
-                total_training_tokens=rc.training_tokens, store_batch_size_prompts=rc.store_batch_size_prompts,
-                train_batch_size_tokens=rc.train_batch_size_tokens, prepend_bos=rc.prepend_bos,
-                normalize_activations=rc.sae.normalize_activations, device=torch.device(rc.act_store_device),
-                dtype=rc.dtype, model_kwargs=rc.model_kwargs, autocast_lm=rc.autocast_lm,
-                seqpos_slice=rc.seqpos_slice,
-                exclude_special_tokens=torch.tensor(ids, dtype=torch.long, device=torch.device(rc.act_store_device)),
-                disable_concat_sequences=rc.disable_concat_sequences,
-                sequence_separator_token=rc.sequence_separator_token,
-                activations_mixing_fraction=rc.activations_mixing_fraction)
-            for j in jobs:
-                _init_sae(j, model, dev)
-                j.trainer = _make_trainer(j.runner_cfg, j.sae, iter(()), n_steps, False, cfg)
-                j.sae.to(j.trainer.cfg.device)  # as SAETrainer.fit
-            # SAEs whose init left the same RNG state get the same shuffles alone: one mixing buffer per state
-            groups: dict[bytes, list[_Job]] = {}
-            for j in jobs:
-                groups.setdefault(j.rng_after_init.numpy().tobytes(), []).append(j)
-            # one forward pass per batch of rows ([tokens, d_in] per hook), read by every group's buffer
-            raw = itertools.tee(store._iterate_filtered_multi_hook_activations(), len(groups))
-            buffer_size = store.n_batches_in_buffer * store.training_context_size
-            streams = []
-            for (_, members), src in zip(groups.items(), raw):
-                it = multi_hook_concat_split_iter(buffer_size, store.train_batch_size_tokens, src,
-                                                  list(dict.fromkeys(j.hook for j in members)),
-                                                  store.activations_mixing_fraction)
-                streams.append([members, it, members[0].rng_after_init])
-            bar = tqdm(total=n_steps, desc=f"{len(jobs)} SAEs, one pass", disable=not progress)
-            quiet_bar = tqdm(disable=True)
-            total = jobs[0].trainer.cfg.total_training_samples
-            while jobs[0].trainer.n_training_samples < total:  # SAETrainer.fit's loop, in lockstep
-                for s in streams:  # each buffer draws its torch.randperm from its own RNG state
-                    members, it, state = s
-                    torch.set_rng_state(state)
-                    batch = next(it)  # {hook: [batch_tokens, d_in]}
-                    s[2] = torch.get_rng_state()
-                    for j in members:
-                        tr = j.trainer
-                        tr.maybe_reset_sparsity()
-                        out = tr.step(acts.normalise_tokens(batch[j.hook]))
-                        tr.n_training_steps += 1
-                        tr._update_pbar(out, quiet_bar)
-                bar.update(1)
-            bar.close()
-            for j in jobs:  # the end of SAETrainer.fit (constant_norm_rescale: no scaling factor to fold)
-                j.trainer.full_sparsity_window_log()
-                j.trainer.set_final_sae_metadata()
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), _quiet_sae_lens(False), threads_set_to(threads):
+        hooks = list(dict.fromkeys(j.hook for j in jobs))
+        store = ActivationsStore.from_config_multi_hook(
+            model, dataset=ds, hook_names=hooks, hook_d_ins={j.hook: j.d_in for j in jobs}, streaming=False,
+            context_size=rc.context_size, n_batches_in_buffer=rc.n_batches_in_buffer,
+            total_training_tokens=rc.training_tokens, store_batch_size_prompts=rc.store_batch_size_prompts,
+            train_batch_size_tokens=rc.train_batch_size_tokens, prepend_bos=rc.prepend_bos,
+            normalize_activations=rc.sae.normalize_activations, device=torch.device(rc.act_store_device),
+            dtype=rc.dtype, model_kwargs=rc.model_kwargs, autocast_lm=rc.autocast_lm,
+            seqpos_slice=rc.seqpos_slice,
+            exclude_special_tokens=torch.tensor(ids, dtype=torch.long, device=torch.device(rc.act_store_device)),
+            disable_concat_sequences=rc.disable_concat_sequences,
+            sequence_separator_token=rc.sequence_separator_token,
+            activations_mixing_fraction=rc.activations_mixing_fraction)
+        for j in jobs:
+            _init_sae(j, model, dev)
+            j.trainer = _make_trainer(j.runner_cfg, j.sae, iter(()), n_steps, False, cfg)
+            j.sae.to(j.trainer.cfg.device)  # as SAETrainer.fit
+        # SAEs whose init left the same RNG state get the same shuffles alone: one mixing buffer per state
+        groups: dict[bytes, list[_Job]] = {}
+        for j in jobs:
+            groups.setdefault(j.rng_after_init.numpy().tobytes(), []).append(j)
+        # one forward pass per batch of rows ([tokens, d_in] per hook), read by every group's buffer
+        raw = itertools.tee(store._iterate_filtered_multi_hook_activations(), len(groups))
+        buffer_size = store.n_batches_in_buffer * store.training_context_size
+        streams = []
+        for (_, members), src in zip(groups.items(), raw):
+            it = multi_hook_concat_split_iter(buffer_size, store.train_batch_size_tokens, src,
+                                              list(dict.fromkeys(j.hook for j in members)),
+                                              store.activations_mixing_fraction)
+            streams.append([members, it, members[0].rng_after_init])
+        bar = tqdm(total=n_steps, desc=f"{len(jobs)} SAEs, one pass", disable=not progress)
+        quiet_bar = tqdm(disable=True)
+        total = jobs[0].trainer.cfg.total_training_samples
+        while jobs[0].trainer.n_training_samples < total:  # SAETrainer.fit's loop, in lockstep
+            for s in streams:  # each buffer draws its torch.randperm from its own RNG state
+                members, it, state = s
+                torch.set_rng_state(state)
+                batch = next(it)  # {hook: [batch_tokens, d_in]}
+                s[2] = torch.get_rng_state()
+                for j in members:
+                    tr = j.trainer
+                    tr.maybe_reset_sparsity()
+                    out = tr.step(acts.normalise_tokens(batch[j.hook]))
+                    tr.n_training_steps += 1
+                    tr._update_pbar(out, quiet_bar)
+            bar.update(1)
+        bar.close()
+        for j in jobs:  # the end of SAETrainer.fit (constant_norm_rescale: no scaling factor to fold)
+            j.trainer.full_sparsity_window_log()
+            j.trainer.set_final_sae_metadata()
     wall = time.perf_counter() - t0
     folders = list(folders) if folders is not None else [None] * len(jobs)
     extra = list(extra_info) if extra_info is not None else [{}] * len(jobs)
