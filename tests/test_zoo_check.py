@@ -1,0 +1,52 @@
+"""The zoo's own check (zoo_check): planted answers for the induction rows, and the loss ratio as computed."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from universality_lib import corpus, zoo_check
+from universality_lib.induction import per_position_loss
+
+
+class _Planted(torch.nn.Module):
+    """Predicts token i+1 as the token ``S - 1`` positions back once there is one: a perfect copier of rows
+    [BOS] x_1..x_S x_1..x_S when ``S`` is the copy length; ``S`` larger than the row: uniform everywhere."""
+
+    def __init__(self, tokenizer, S: int, n_ctx: int = 64):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.tokenizer, self.S, self.cfg = tokenizer, S, SimpleNamespace(n_ctx=n_ctx)
+        self.vocab = len(tokenizer)
+
+    def forward(self, x, return_type="logits"):
+        logits = torch.zeros(*x.shape, self.vocab)
+        for i in range(self.S, x.shape[1]):
+            logits[torch.arange(len(x)), i, x[:, i - self.S + 1]] = 30.0
+        return logits
+
+
+def test_a_copier_passes_the_induction_rows_and_a_guesser_fails_them():
+    tok = corpus.load_tokenizer("smoke")
+    S = (64 - 1) // 2  # the copy length criteria() uses for a 64-token context
+    rows = zoo_check.criteria("smoke", {"T": _Planted(tok, S), "X": _Planted(tok, 10_000)}, n_snippets=8)
+    got = {(r.criterion, r.model): r for r in rows}
+    for crit in ("natural_induction_code", "random_induction"):
+        assert got[(crit, "T")].passed and got[(crit, "T")].value < 0.01
+        assert not got[(crit, "X")].passed and got[(crit, "X")].value == pytest.approx(1.0)
+    assert ("heldout_loss_ratio", "M/T") not in got and ("clean_prob_B", "M") not in got  # no M given
+    assert {r.split for r in rows if r.criterion.startswith("natural")} == {"eval"}  # smoke has no heldout split
+
+
+def test_loss_ratio_is_the_ratio_of_mean_losses_and_its_verdict_follows_the_tolerance():
+    from universality_lib import zoo
+
+    T, M = zoo.load("smoke", "T"), zoo.load("smoke", "M")
+    rows = {r.criterion: r for r in zoo_check.criteria("smoke", {"T": T, "M": M}, n_snippets=4, n_loss_rows=8)}
+    stream = corpus.token_stream("smoke", "eval", T.tokenizer)
+    eval_rows = stream.rows(64, n_rows=8)
+    want = per_position_loss(M, eval_rows).mean() / per_position_loss(T, eval_rows).mean()
+    r = rows["heldout_loss_ratio"]
+    assert r.value == pytest.approx(float(want), rel=1e-6) and r.n == 8
+    assert r.passed == (abs(r.value - 1) <= zoo_check.LOSS_TOLERANCE)
+    p = rows["clean_prob_B"]
+    assert 0 <= p.value <= 1 and p.passed == (p.value >= zoo_check.CLEAN_PROB_B_MIN)
