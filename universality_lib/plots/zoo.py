@@ -25,6 +25,7 @@ def training_curves(logs: dict[str, list[dict]], key: str = "loss", title: str =
     """Loss against tokens seen, one line per model (rows from ``train.read_log``)."""
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for name, rows in logs.items():
+        rows = [r for r in rows if key in r]  # eval values are logged every eval_every steps only
         if rows:
             ax.plot([r["tokens"] for r in rows], [r[key] for r in rows], label=name, lw=1.2)
     return _finish(fig, ax, "training tokens", key, title)
