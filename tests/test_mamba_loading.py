@@ -209,3 +209,24 @@ def test_a_float64_model_runs_the_float64_numba_scan(hf, monkeypatch):
         fast = m(x, scan="fast")
     assert dtypes == [{torch.float64}] * N_LAYERS
     assert (fast - exact).abs().max().item() <= 1e-10
+
+
+# ----------------------------------------------------------------------------- our format is frozen
+def test_the_shipped_mamba_saves_back_to_the_same_bytes(tmp_path):
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "universality_lib" / "zoo" / "tiny" / "M"
+    m = HookedMamba.load(shipped)
+    m.save(tmp_path)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
+
+
+def test_config_from_a_preset_size():
+    from universality_lib import presets
+
+    size = presets.get("tiny").mamba
+    cfg = MambaConfig.from_size(size, d_vocab=VOCAB, n_ctx=SEQ, seed=3)
+    assert (cfg.d_model, cfg.n_layers, cfg.d_state, cfg.expand) == (size.d_model, size.n_layers, size.d_state,
+                                                                    size.expand)
+    assert cfg.d_vocab == VOCAB and cfg.n_ctx == SEQ and cfg.seed == 3 and cfg.tie_embeddings == size.tie_embeddings

@@ -1,7 +1,9 @@
 """The two model families behind one face (TransformerLens' HookedRootModule API).
 
 * ``transformer``: Pythia-style ``HookedTransformer`` factory and the GPT-NeoX (Pythia) loader.
-* ``mamba``: the library's own ``HookedMamba`` (pure PyTorch, MambaLens hook names), ``scan``: its scans.
+* ``mamba``: the library's own ``HookedMamba`` (pure PyTorch, MambaLens hook names, readable like mamba-minimal);
+  ``mamba_config``: its ``MambaConfig`` (``MambaConfig.from_size`` for a preset's ``MambaSize``); ``mamba_io``: its
+  checkpoints (ours, HF, state-spaces; one key table); ``scan``: its selective scans (exact and fast).
 """
 from __future__ import annotations
 
