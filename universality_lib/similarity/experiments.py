@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
+import time
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +41,8 @@ from .. import saes as saes_mod
 from ..errors import StreamMismatchError, UniversalityError
 from ..models import family as model_family
 from ..presets import Preset, get as get_preset
+from ..runtime import model_device
+from . import codes
 from .engine import PairStats, default_backend
 from .result import MPPCResult
 
@@ -109,13 +113,17 @@ class Source:
     """One side of a comparison: a model, its layers and what its units are (an SAE per layer, or neurons),
     and the token rows it is run on (whose hash must match the other side's)."""
 
-    def __init__(self, name: str, model, rows: torch.Tensor, units: str = "sae", saes: dict | None = None):
+    def __init__(self, name: str, model, rows: torch.Tensor, units: str = "sae", saes: dict | None = None,
+                 key: str | None = None, layer_keys: dict | None = None):
+        """``key``: what identifies the model across processes (its checkpoint hash), and ``layer_keys`` ``{layer:
+        str}`` its SAEs (their cache keys); with them, kept units may be reused from the cache (``codes.py``)."""
         if units not in ("sae", "neurons"):
             raise UniversalityError(f"units must be 'sae' or 'neurons', got {units!r}")
         if units == "sae" and not saes:
             raise UniversalityError("a source of SAE features needs saes={layer: sae_lens.SAE}")
         self.name, self.model, self.rows, self.units = name, model, rows, units
         self.saes = dict(saes or {})
+        self.key, self.layer_keys = key, dict(layer_keys or {})
         self.layers = sorted(self.saes) if units == "sae" else list(range(model.cfg.n_layers))
         self.stream_sha = rows_hash(rows)
         self.hooks = {layer: ([saes_mod.check_compatible(self.saes[layer], model)] if units == "sae"
@@ -164,29 +172,9 @@ def default_max_gb(device: "torch.device | str") -> float:
     return 4.0
 
 
-@torch.no_grad()
-def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int = 4096, max_gb: float | None = None,
-            progress: bool = True, meta: dict | None = None) -> dict[str, MPPCResult]:
-    """MPPC of every ``{name: (source_a, source_b)}``, all layer pairs, in as few passes over the tokens as
-    ``max_gb`` (float64 cross sums; default :func:`default_max_gb`) allows. Sources must share their token rows'
-    hash."""
-    from tqdm.auto import tqdm
-
-    items = list(pairs_of_sources.items())
-    if not items:
-        return {}
-    for name, (sa, sb) in items:
-        corpus.check_same_stream(sa.stream_sha, sb.stream_sha, what=f"activations of {sa.name} and {sb.name}")
-    rows = items[0][1][0].rows
-    for name, (sa, sb) in items:
-        corpus.check_same_stream(items[0][1][0].stream_sha, sa.stream_sha, what="conditions of one pass")
-    _check_same_vocabulary([s for _, pair in items for s in pair])
-    dev = next(items[0][1][0].model.parameters()).device
-    if backend == "auto":
-        backend = default_backend(dev)
-    budget = (max_gb if max_gb is not None else default_max_gb(dev)) * 2**30
-    # jobs: (condition, pairs) packed greedily into passes whose float64 cross sums fit the budget; a pair that
-    # alone exceeds it gets a pass of its own
+def _plan_passes(items: list, budget: float) -> list:
+    """``[[(condition, [(layer_a, layer_b), ...]), ...], ...]``: the conditions' layer pairs packed greedily into
+    passes whose float64 cross sums fit ``budget`` bytes; a pair that alone exceeds it gets a pass of its own."""
     passes, cur, used = [], [], 0
     for name, (sa, sb) in items:
         za, zb = sa.sizes(), sb.sizes()
@@ -201,15 +189,101 @@ def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int 
                 cur.append((name, [pr]))
             used += need
     passes.append(cur)
+    return passes
 
-    import time
+
+def _unit_key(s: Source, layer: int) -> tuple:
+    """One layer's units of one source, within this process: (id(model), units, layer, id(sae))."""
+    return (id(s.model), s.units, layer, id(s.saes.get(layer)))
+
+
+def _units(keys, unit_of: dict, batch: torch.Tensor, mask: torch.Tensor, calls: dict) -> dict:
+    """``{unit key: FloatTensor [t, F]}`` for one chunk of rows: each model that a key needs runs once, hooked at
+    the keys' hooks and stopped after their last layer; then every key's SAE encodes (or neurons) are taken."""
+    models = {}  # id(model) -> [model, hooks, stop]
+    for k in keys:
+        s, layer = unit_of[k]
+        m = models.setdefault(id(s.model), [s.model, set(), 0])
+        m[1].update(s.hooks[layer])
+        m[2] = max(m[2], layer + 1)
+    caches = {}
+    for key, (model, hooks, stop) in models.items():
+        _, caches[key] = model.run_with_cache(batch, names_filter=sorted(hooks), stop_at_layer=stop)
+        calls["model_calls"] += 1
+    out = {}
+    for k in keys:
+        s, layer = unit_of[k]
+        out[k] = s.units_of(caches[id(s.model)], mask, layers=[layer])[layer]
+        calls["unit_calls"] += 1
+    return out
+
+
+def _keep_plan(kept: list, first: dict, n_chunks: int, mode: str, memory_gb: float | None) -> dict:
+    """``{unit key: "memory" | "disk"}`` for the unit sets several passes read (``kept``), from the bytes of their
+    first chunk (``first``) x ``n_chunks``: all in memory or all on disk when ``mode`` says so; for ``"auto"`` the
+    smallest in memory up to ``memory_gb`` (:func:`codes.default_memory_gb`), the rest on disk while the cache's
+    disk keeps 10% free, the rest not kept (computed again by each pass that reads them)."""
+    if mode in ("memory", "disk"):
+        return {k: mode for k in kept}
+    if mode == "none":
+        return {}
+    need = {k: codes.nbytes(first[k]) * n_chunks * 1.1 for k in kept}  # 10% for chunks denser than the first
+    room = (memory_gb if memory_gb is not None else codes.default_memory_gb()) * 2**30
+    root = cache.cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    usage = shutil.disk_usage(root)
+    disk_room = usage.free - 0.1 * usage.total
+    plan = {}
+    for k in sorted(kept, key=lambda k: need[k]):
+        if need[k] <= room:
+            plan[k], room = "memory", room - need[k]
+        elif need[k] <= disk_room:
+            plan[k], disk_room = "disk", disk_room - need[k]
+    return plan
+
+
+@torch.no_grad()
+def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int = 4096, max_gb: float | None = None,
+            progress: bool = True, meta: dict | None = None, keep: str = "auto",
+            keep_gb: float | None = None) -> dict[str, MPPCResult]:
+    """MPPC of every ``{name: (source_a, source_b)}``, all layer pairs, in as few passes over the tokens as
+    ``max_gb`` (float64 cross sums; default :func:`default_max_gb`) allows. Sources must share their token rows'
+    hash.
+
+    Each layer's units are computed once: the first pass runs the models and SAE encodes for its own pairs and for
+    every unit set a later pass also reads, and keeps those (``codes.CodeStore``); later passes read them back and
+    compute only what no other pass reads. ``keep``: ``"auto"`` (memory up to ``keep_gb``, default a quarter of
+    RAM, then disk, then not kept), ``"memory"``, ``"disk"``, or ``"none"`` (every pass computes its units, as
+    before; the tests' reference). The result's meta counts ``model_calls`` (model forward passes, each over one
+    chunk of rows) and ``unit_calls`` (one layer's SAE encode or neuron read over one chunk)."""
+    from tqdm.auto import tqdm
+
+    if keep not in codes.MODES:
+        raise UniversalityError(f"keep must be one of {', '.join(codes.MODES)}, got {keep!r}")
+    items = list(pairs_of_sources.items())
+    if not items:
+        return {}
+    for name, (sa, sb) in items:
+        corpus.check_same_stream(sa.stream_sha, sb.stream_sha, what=f"activations of {sa.name} and {sb.name}")
+    rows = items[0][1][0].rows
+    for name, (sa, sb) in items:
+        corpus.check_same_stream(items[0][1][0].stream_sha, sa.stream_sha, what="conditions of one pass")
+    _check_same_vocabulary([s for _, pair in items for s in pair])
+    dev = model_device(items[0][1][0].model)
+    if backend == "auto":
+        backend = default_backend(dev)
+    budget = (max_gb if max_gb is not None else default_max_gb(dev)) * 2**30
+    passes = _plan_passes(items, budget)
 
     t_start = time.perf_counter()
     stats: dict[str, list[PairStats]] = {name: [] for name, _ in items}
     batch_rows = max(1, chunk_tokens // rows.shape[1])
+    starts = list(range(0, len(rows), batch_rows))
     special = saes_mod.special_ids(items[0][1][0].model)
-    for i_pass, jobs_ in enumerate(passes):
-        accs = []
+    unit_of, reads = {}, []  # unit key -> (source, layer); per pass, the unit keys it reads (in order)
+    accs_of = []
+    for jobs_ in passes:
+        accs, keys = [], {}
         for name, prs in jobs_:
             sa, sb = pairs_of_sources[name]
             za, zb = sa.sizes(), sb.sizes()
@@ -218,34 +292,54 @@ def compute(pairs_of_sources: dict, *, backend: str = "auto", chunk_tokens: int 
                            device="cpu" if backend == "sparse" else dev)
             accs.append((name, (la, lb), st))
             stats[name].append(st)
-        models = {}  # id(model) -> (model, hooks, stop)
-        for name, (la, lb), _ in accs:
-            for s, ls in zip(pairs_of_sources[name], (la, lb)):
-                m = models.setdefault(id(s.model), [s.model, set(), 0])
+            for s, ls in ((sa, la), (sb, lb)):
                 for k in ls:
-                    m[1].update(s.hooks[k])
-                    m[2] = max(m[2], k + 1)
-        desc = f"MPPC pass {i_pass + 1}/{len(passes)}" if len(passes) > 1 else "MPPC"
-        for r0 in tqdm(range(0, len(rows), batch_rows), desc=desc, disable=not progress):
-            batch = rows[r0:r0 + batch_rows].to(dev)
-            mask = acts.token_mask(batch, special).to(dev)  # [b, L]
-            caches = {}
-            for key, (model, hooks, stop) in models.items():
-                _, caches[key] = model.run_with_cache(batch, names_filter=sorted(hooks), stop_at_layer=stop)
-            units = {}
-            for name, (la, lb), st in accs:
-                sa, sb = pairs_of_sources[name]
-                ka_, kb_ = _unit_key(sa, la), _unit_key(sb, lb)
-                if ka_ not in units:
-                    units[ka_] = sa.units_of(caches[id(sa.model)], mask, layers=la)
-                if kb_ not in units:
-                    units[kb_] = sb.units_of(caches[id(sb.model)], mask, layers=lb)
-                ua, ub = units[ka_], units[kb_]
-                st.update({k: ua[k] for k in la}, {k: ub[k] for k in lb})
+                    unit_of.setdefault(_unit_key(s, k), (s, k))
+                    keys[_unit_key(s, k)] = None
+        accs_of.append(accs)
+        reads.append(list(keys))
+    n_readers = {k: sum(k in r for r in reads) for k in unit_of}
+    kept = [k for k in unit_of if n_readers[k] > 1]
+    content = {k: (None if s.key is None else f"{s.key}/{s.units}/{layer}/{s.layer_keys.get(layer, '')}/{dev.type}")
+               for k, (s, layer) in unit_of.items()}
+    calls = {"model_calls": 0, "unit_calls": 0}
+    store = None
+    try:
+        for i_pass, accs in enumerate(accs_of):
+            desc = f"MPPC pass {i_pass + 1}/{len(passes)}" if len(passes) > 1 else "MPPC"
+            for i, r0 in enumerate(tqdm(starts, desc=desc, disable=not progress)):
+                batch = rows[r0:r0 + batch_rows].to(dev)
+                mask = acts.token_mask(batch, special).to(dev)  # [b, L]
+                if i_pass == 0:  # its own units and every kept unit set (the store's plan follows the first chunk)
+                    todo = reads[0] + [k for k in kept if k not in reads[0] and (store is None or k in store.needs())]
+                    units = _units(todo, unit_of, batch, mask, calls)
+                    if store is None:
+                        first = {k: codes.host_form(units[k], unit_of[k][0].units) for k in kept}
+                        plan = _keep_plan(kept, first, len(starts), keep, keep_gb)
+                        store = codes.CodeStore(plan, content, rows_hash(rows), batch_rows, len(starts))
+                        store.put(0, {k: v for k, v in first.items() if k in plan})
+                    else:
+                        store.put(i, {k: codes.host_form(units[k], unit_of[k][0].units) for k in store.needs()})
+                else:
+                    t = int(mask.sum())
+                    mine = [k for k in reads[i_pass] if k in store.plan]
+                    units = store.chunk(i, t, mine)
+                    units.update(_units([k for k in reads[i_pass] if k not in store.plan], unit_of, batch, mask,
+                                        calls))
+                for name, (la, lb), st in accs:
+                    sa, sb = pairs_of_sources[name]
+                    st.update({k: units[_unit_key(sa, k)] for k in la}, {k: units[_unit_key(sb, k)] for k in lb})
+            if i_pass == 0:
+                store.finish()
+        where = {w: sum(1 for k in kept if store.plan.get(k) == w) for w in ("memory", "disk")}
+    finally:
+        if store is not None:
+            store.close()
     out = {}
     for name, (sa, sb) in items:
         m = {**(meta or {}), "stream_sha": sa.stream_sha, "units": sa.units, "label": name, "passes": len(passes),
-             "wall_seconds_all_conditions": round(time.perf_counter() - t_start, 2)}
+             "wall_seconds_all_conditions": round(time.perf_counter() - t_start, 2), **calls,
+             "kept_unit_sets": {**where, "not_kept": len(kept) - sum(where.values())}}
         out[name] = MPPCResult.from_stats(stats[name], sa.name, sb.name, m)
     return out
 
@@ -266,10 +360,6 @@ def _check_same_vocabulary(sources: list[Source]) -> None:
             f"the models tokenize differently ({', '.join(f'{n}: vocabulary {v}' for v, n in by_vocab.items())}), "
             f"so token id k is not the same token for both: compare models that share one tokenizer (the preset's, "
             f"corpus.load_tokenizer(preset)).")
-
-
-def _unit_key(s: Source, layers):
-    return (id(s.model), s.units, tuple((k, id(s.saes.get(k))) for k in layers))
 
 
 # ----------------------------------------------------------------------------- the chapter's entry point
@@ -340,15 +430,15 @@ def _compute_conditions(p: Preset, conds: list, rows, *, backend, device, max_gb
                 for layer in range(m.cfg.n_layers)}
         return sae_cache[(name, seed)]
 
-    sources = {}
-    for c in conds:
-        if c.units == "sae":
-            sa = Source(c.a, model(c.a), rows, "sae", sae_dict(c.a, c.seed_a))
-            sb = Source(c.b, model(c.b), rows, "sae", sae_dict(c.b, c.seed_b))
-        else:
-            sa = Source(c.a, model(c.a), rows, "neurons")
-            sb = Source(c.b, model(c.b), rows, "neurons")
-        sources[c.name] = (sa, sb)
+    def source(name, seed, units):
+        """One side, with the content keys that let its kept units be reused from the cache."""
+        m = model(name)
+        if units == "neurons":
+            return Source(name, m, rows, "neurons", key=_hash_of_model(p, name))
+        layer_keys = {k: saes_mod.folder_for(p, name, k, seed).name for k in range(m.cfg.n_layers)}
+        return Source(name, m, rows, "sae", sae_dict(name, seed), key=_hash_of_model(p, name), layer_keys=layer_keys)
+
+    sources = {c.name: (source(c.a, c.seed_a, c.units), source(c.b, c.seed_b, c.units)) for c in conds}
     return compute(sources, backend=backend, max_gb=max_gb, progress=progress)
 
 
