@@ -26,10 +26,24 @@ from ..cache import atomic_write_json
 from ..errors import UniversalityError
 from ..stats import bootstrap_mean
 
-__all__ = ["MPPCResult", "bootstrap_mean", "paired", "THRESHOLDS"]
+__all__ = ["MPPCResult", "bootstrap_mean", "paired", "side_of", "THRESHOLDS"]
 
 THRESHOLDS = (0.5, 0.7, 0.9)
 _FORMAT = 1
+
+
+def side_of(side: str, name_a: str | None = None, name_b: str | None = None) -> str:
+    """``"a"`` or ``"b"``: a side of a condition, given as itself or (with the names) as a model name that is on
+    one side only. The one check of a side for the result, depth and the explorer."""
+    if side in ("a", "b"):
+        return side
+    if name_a is not None and side == name_a and side != name_b:
+        return "a"
+    if name_b is not None and side == name_b and side != name_a:
+        return "b"
+    names = f" (or a model name that is only on one side: {name_a!r} / {name_b!r})" if name_a is not None else \
+        " (the condition's first model or its second)"
+    raise UniversalityError(f"side must be 'a' or 'b'{names}, got {side!r}")
 
 
 @dataclass
@@ -73,14 +87,7 @@ class MPPCResult:
 
     # ------------------------------------------------------------------------- reading
     def _side(self, side: str) -> str:
-        if side in ("a", "b"):
-            return side
-        if side == self.name_a and side != self.name_b:
-            return "a"
-        if side == self.name_b and side != self.name_a:
-            return "b"
-        raise UniversalityError(f"side must be 'a' or 'b' (or a model name that is only on one side: "
-                                f"{self.name_a!r} / {self.name_b!r}), got {side!r}")
+        return side_of(side, self.name_a, self.name_b)
 
     def layers(self, side: str = "a") -> list:
         return self.layers_a if self._side(side) == "a" else self.layers_b
