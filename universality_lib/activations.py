@@ -18,6 +18,7 @@ import torch
 
 from .errors import UniversalityError
 from .models import family as model_family
+from .runtime import model_device
 
 __all__ = ["resid_post_hook", "check_hook", "hook_width", "check_rows", "resid_post", "token_mask", "normalise_tokens"]
 
@@ -43,7 +44,7 @@ def hook_width(model, hook_name: str) -> int:
     if hook_name.endswith(("hook_resid_post", "hook_resid_pre", "hook_embed", "hook_out_proj", "hook_norm")):
         return int(model.cfg.d_model)
     with torch.no_grad():  # anything else: ask the model (one token)
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         _, cache = model.run_with_cache(torch.zeros(1, 2, dtype=torch.long, device=dev), names_filter=[hook_name])
     return int(cache[hook_name].shape[-1])
 
@@ -70,10 +71,6 @@ def check_rows(model, rows, what: str = "rows", min_len: int = 1) -> torch.Tenso
     return rows
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def resid_post(model, rows: torch.Tensor, layers, batch_size: int = 16) -> dict[int, torch.Tensor]:
     """``{layer: FloatTensor [n, L, D]}`` on the CPU: the residual stream after each block in ``layers``.
@@ -89,7 +86,7 @@ def resid_post(model, rows: torch.Tensor, layers, batch_size: int = 16) -> dict[
     rows = check_rows(model, rows)
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     stop = max(layers) + 1
-    dev = _device(model)
+    dev = model_device(model)
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size].to(dev)
         _, cache = model.run_with_cache(batch, names_filter=names, stop_at_layer=stop)

@@ -40,6 +40,7 @@ import torch
 
 from .errors import UniversalityError
 from .feature_sample import FeatureSample
+from .runtime import model_device
 from .stats import bootstrap_mean, spearman_ci
 
 __all__ = ["MEASURES", "token_r2", "density", "top_positions", "top_token_entropy", "context_dependence",
@@ -184,7 +185,7 @@ def model_encoder(model, saes: dict, units: dict):
 
     hooks = {k: resid_post_hook(k) for k in units}
     stop = max(units) + 1
-    dev = next(model.parameters()).device
+    dev = model_device(model)
 
     def encode(batch):
         _, cache_ = model.run_with_cache(batch.to(dev), names_filter=sorted(hooks.values()), stop_at_layer=stop)

@@ -45,21 +45,15 @@ def relative_depth(layer, n_layers: int):
     return (np.asarray(layer, np.float64) + 1.0) / n_layers
 
 
-def _side(side: str) -> str:
-    if side not in ("a", "b"):
-        raise UniversalityError(f"side must be 'a' (the condition's first model) or 'b', got {side!r}")
-    return side
-
-
 def _other(result: MPPCResult, side: str) -> str:
-    return "b" if _side(side) == "a" else "a"
+    return "b" if result._side(side) == "a" else "a"
 
 
 def best_layer_counts(result: MPPCResult, side: str = "a", min_mppc: float | None = None) -> np.ndarray:
     """int [L_side, L_other]: the live units of each layer of ``side`` counted by the layer of their best match
     (rows follow ``result.layers(side)``, columns the other side's layers). ``min_mppc``: count only units whose
     MPPC is at least this."""
-    s = _side(side)
+    s = result._side(side)  # 'a' / 'b' (or a model name on one side only), checked by the result
     others = list(result.layers(_other(result, s)))
     col = {k: j for j, k in enumerate(others)}
     out = np.zeros((len(result.layers(s)), len(others)), np.int64)
@@ -108,7 +102,7 @@ def depth_alignment(result: MPPCResult, side: str = "a", min_mppc: float | None 
     """Spearman's rho between the relative depth of each live unit of ``side`` and that of its best match, with a
     percentile bootstrap interval (resampling units), the slope of best-match layer on layer, the layer ratio,
     and the mean best-match layer of each layer (bootstrap interval) next to the equal-relative-depth layer."""
-    s = _side(side)
+    s = result._side(side)  # 'a' / 'b' (or a model name on one side only), checked by the result
     o = _other(result, s)
     layers, others = list(result.layers(s)), list(result.layers(o))
     counts = best_layer_counts(result, s, min_mppc)

@@ -23,6 +23,7 @@ import torch
 from . import saes as saes_mod
 from .activations import token_mask
 from .errors import UniversalityError
+from .runtime import model_device
 
 __all__ = ["FeatureSample", "collect"]
 
@@ -90,7 +91,7 @@ def collect(model, saes: dict, rows: torch.Tensor, units: dict | None = None, *,
     hooks = sorted({h for hs in src.hooks.values() for h in hs})
     stop = max(units) + 1
     special = saes_mod.special_ids(model)
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     mask_all = token_mask(rows, special)  # [n, L]
     parts = {k: [] for k in units}
     for r0 in tqdm(range(0, len(rows), batch_rows), desc=f"features of {name}", disable=not progress):

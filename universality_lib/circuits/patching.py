@@ -29,15 +29,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UniversalityError
+from ..runtime import model_device
 from .effects import Effects
 from .precision import RunningDelta
 from .task import InductionPrompts, target_scores
 
 Hook = tuple  # (hook_name, fn)
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def row_positions(positions, n: int, L: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:

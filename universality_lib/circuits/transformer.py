@@ -25,7 +25,8 @@ import torch
 
 from ..errors import UniversalityError
 from .effects import Effects
-from .patching import freeze, model_device, patch, recorder, run_patched, sweep
+from ..runtime import model_device
+from .patching import freeze, patch, recorder, run_patched, sweep
 from .task import InductionPrompts
 
 
