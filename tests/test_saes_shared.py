@@ -2,6 +2,8 @@
 from one forward pass equals the SAE trained alone on the same tokens, in the same order, with the same seed;
 train_all's shared pass writes the same cache entries as the one-by-one path. Smoke-sized (a few thousand tokens
 per SAE), plus the one frequency-band feature picker."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -60,12 +62,15 @@ def test_shared_pass_refuses_a_job_twice(models, rows):
         saes.train_shared(models["mamba"], [(0, 0), (0, 0)], CFG, rows, progress=False)
 
 
-def test_train_all_shared_writes_the_one_by_one_entries(tmp_path, monkeypatch):
-    """The shared pass (default) and the one-by-one path fill the same cache keys with the same SAEs."""
+@pytest.mark.parametrize("shared_max", [None, 3])
+def test_train_all_shared_writes_the_one_by_one_entries(tmp_path, monkeypatch, shared_max):
+    """The shared pass (default; all of a model's SAEs at once, or ``shared_max`` per pass) and the one-by-one path
+    fill the same cache keys with the same SAEs."""
     P = presets.get("smoke").replace(sae=CFG)
     monkeypatch.setenv("UNIVERSALITY_CACHE", str(tmp_path / "one"))
     one = saes.train_all(P, names=["M0"], workers=1, progress=False, shared=False)
     monkeypatch.setenv("UNIVERSALITY_CACHE", str(tmp_path / "shared"))
+    P = P.replace(sae=dataclasses.replace(CFG, shared_max=shared_max))
     both = saes.train_all(P, names=["M0"], workers=1, progress=False)
     assert [(r["model"], r["layer"], r["seed"]) for r in both] == saes.jobs(P, ["M0"])
     assert not any(r["cached"] for r in both)

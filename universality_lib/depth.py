@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import UniversalityError
-from .similarity.result import MPPCResult
+from .similarity.result import MPPCResult, side_of
 from .stats import bootstrap_mean, bootstrap_table_spearman, spearman_from_table
 
 __all__ = ["relative_depth", "best_layer_counts", "spearman_from_table", "DepthAlignment", "depth_alignment",
@@ -46,14 +46,14 @@ def relative_depth(layer, n_layers: int):
 
 
 def _other(result: MPPCResult, side: str) -> str:
-    return "b" if result._side(side) == "a" else "a"
+    return "b" if side_of(side, result.name_a, result.name_b) == "a" else "a"
 
 
 def best_layer_counts(result: MPPCResult, side: str = "a", min_mppc: float | None = None) -> np.ndarray:
     """int [L_side, L_other]: the live units of each layer of ``side`` counted by the layer of their best match
     (rows follow ``result.layers(side)``, columns the other side's layers). ``min_mppc``: count only units whose
     MPPC is at least this."""
-    s = result._side(side)  # 'a' / 'b' (or a model name on one side only), checked by the result
+    s = side_of(side, result.name_a, result.name_b)  # 'a' / 'b' (or a model name on one side only), checked by the result
     others = list(result.layers(_other(result, s)))
     col = {k: j for j, k in enumerate(others)}
     out = np.zeros((len(result.layers(s)), len(others)), np.int64)
@@ -102,7 +102,7 @@ def depth_alignment(result: MPPCResult, side: str = "a", min_mppc: float | None 
     """Spearman's rho between the relative depth of each live unit of ``side`` and that of its best match, with a
     percentile bootstrap interval (resampling units), the slope of best-match layer on layer, the layer ratio,
     and the mean best-match layer of each layer (bootstrap interval) next to the equal-relative-depth layer."""
-    s = result._side(side)  # 'a' / 'b' (or a model name on one side only), checked by the result
+    s = side_of(side, result.name_a, result.name_b)  # 'a' / 'b' (or a model name on one side only), checked by the result
     o = _other(result, s)
     layers, others = list(result.layers(s)), list(result.layers(o))
     counts = best_layer_counts(result, s, min_mppc)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UniversalityError
+from .similarity.result import side_of
 
 __all__ = ["BOOK_FOLDER", "PAGE_NAME", "BOOK_LINK", "book_page_path", "pair_table", "pairs_data", "write_page",
            "contexts_html", "pair_html"]
@@ -57,9 +58,8 @@ def pair_table(result, features=None, side: str = "a"):
     ``mppc``, ``freq``, the match's frequency ``freq_match`` and the match's own MPPC back (``mppc_back``)."""
     import pandas as pd
 
-    if side not in ("a", "b"):
-        raise UniversalityError(f"side must be 'a' or 'b', got {side!r}")
-    s, o = side, ("b" if side == "a" else "a")
+    s = side_of(side)
+    o = "b" if s == "a" else "a"
     tab = result.table(s)
     tab = tab[tab.live & np.isfinite(tab.mppc)]
     if features is not None:

@@ -142,6 +142,9 @@ class SAEConfig:
     seeds: tuple[int, ...] = (0, 1)  # SAE seed 0 on every model and layer; the others only on seed_skyline
     seed_skyline: str = "T"  # the model that gets the extra SAE seeds (the SAE-seed skyline)
     workers: int = 1  # processes training SAEs side by side on a CPU (saes.train_all)
+    # at most this many SAEs of a model share one forward pass (saes.train_all; None: all of them). Each group runs
+    # the model again, so a cap trades forwards for memory; it changes no SAE (each equals the one trained alone)
+    shared_max: int | None = None
     # SAE training steps in bfloat16 mixed precision (sae-lens' runner option ``autocast``; CUDA only, ignored on
     # a CPU). The model's forward pass that feeds the SAE stays float32.
     autocast: bool = False
@@ -267,8 +270,8 @@ _PAPER = Preset(
         splits=(("lm_train", 0.0), ("sae_train", 0.9), ("eval", 0.1)),
     ),
     transformer=TransformerConfig(n_layers=12, d_model=768, n_heads=12, d_mlp=3072, n_ctx=2048,
-                                  hub_name="EleutherAI/pythia-160m"),
-    mamba=MambaSize(n_layers=24, d_model=768, tie_embeddings=True, hub_name="state-spaces/mamba-130m"),
+                                  hub_name=PAPER_HUB_NAMES["T"]),
+    mamba=MambaSize(n_layers=24, d_model=768, tie_embeddings=True, hub_name=PAPER_HUB_NAMES["M"]),
     zoo=(
         ("T", "transformer", 0),
         ("T2", "transformer", 1),  # EleutherAI/pythia-160m-seed1
@@ -282,9 +285,11 @@ _PAPER = Preset(
     # The cost: 2,441 steps per SAE instead of 24,414, so expect more dead features and a lower reconstruction FVE
     # than the authors' SAEs; the bf16 matmuls of the SAE steps round to 8 mantissa bits (~4e-3 relative).
     # dead_feature_window (in steps) is kept under the step count so the dead-feature statistic means something.
+    # The shared forward pass trains 12 SAEs at a time (two passes per model): all 24 of a model at once would hold
+    # 23.2 GB (estimated), 12 keep the stage within a 16 GB GPU, for one more forward pass per model.
     sae=SAEConfig(expansion_factor=32, l1_coefficient=5.0, training_tokens=10_000_000, batch_tokens=4096,
                   lr=4e-4, context=1024, n_batches_in_buffer=32, store_batch_rows=8, dead_feature_window=1000,
-                  eval_tokens=200_000, autocast=True),
+                  eval_tokens=200_000, autocast=True, shared_max=12),
     hub_models=tuple(PAPER_HUB_NAMES.items()),
     mppc_tokens=1_000_000,
 )

@@ -143,8 +143,11 @@ def _sae_row(p: Preset, shared_forward: bool = True) -> dict:
     # SAE jobs as saes.jobs: seed 0 everywhere, the extra seeds on the skyline model
     jobs = [(n, layer) for n in layers for _ in (s.seeds if n == s.seed_skyline else s.seeds[:1])
             for layer in range(layers[n])]
-    if shared_forward:  # every block of every model once per token
-        block_tokens = {f: s.training_tokens * sum(layers[n] for n in layers if _FAMILY[n] == f) for f in "TM"}
+    per_model = {n: sum(1 for m, _ in jobs if m == n) for n in layers}
+    passes = {n: -(-per_model[n] // (s.shared_max or per_model[n])) for n in layers}  # SAEConfig.shared_max
+    if shared_forward:  # every block of every model once per token and pass
+        block_tokens = {f: s.training_tokens * sum(layers[n] * passes[n] for n in layers if _FAMILY[n] == f)
+                        for f in "TM"}
     else:  # an SAE on layer l runs blocks 0..l
         block_tokens = {f: s.training_tokens * sum(layer + 1 for n, layer in jobs if _FAMILY[n] == f) for f in "TM"}
     sae_steps_flops = len(jobs) * s.training_tokens * 12 * D * F
@@ -154,7 +157,7 @@ def _sae_row(p: Preset, shared_forward: bool = True) -> dict:
     # sae-lens' mixing buffer: n_batches_in_buffer x ctx tokens, plus the forward batch (rows x ctx) it appends,
     # twice (the concatenation copies it); the shared pass holds every SAE of the model with the most SAEs and one
     # such buffer per SAE (its hook, per seed)
-    n_held = max(sum(1 for m, _ in jobs if m == n) for n in layers) if shared_forward else 1
+    n_held = min(max(per_model.values()), s.shared_max or max(per_model.values())) if shared_forward else 1
     buffer = 2 * (s.n_batches_in_buffer * ctx + rows * ctx) * D * 4 * n_held
     sae_mem = (16 * sae_params * n_held + 4 * s.batch_tokens * F * 4 + 4 * sh["models"]["T"]["total"] + attn_scores
                + buffer)

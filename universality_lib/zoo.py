@@ -74,10 +74,7 @@ def build(preset: "str | Preset", name: str, tokenizer=None, device: str = "cpu"
         return make_transformer(p.transformer, d_vocab, seed=seed, tokenizer=tok, device=device)
     from .models.mamba import HookedMamba, MambaConfig
 
-    m = p.mamba
-    cfg = MambaConfig(d_model=m.d_model, n_layers=m.n_layers, d_vocab=d_vocab, d_state=m.d_state,
-                      d_conv=m.d_conv, expand=m.expand, tie_embeddings=m.tie_embeddings,
-                      n_ctx=p.transformer.n_ctx, seed=seed, device=torch.device(device))
+    cfg = MambaConfig.from_size(p.mamba, d_vocab, n_ctx=p.transformer.n_ctx, seed=seed, device=torch.device(device))
     return HookedMamba(cfg, tokenizer=tok)
 
 

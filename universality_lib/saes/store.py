@@ -215,16 +215,18 @@ def _train_model(preset: Preset, name: str, todo: list[tuple[str, int, int]], de
         for j in sorted(missing, key=lambda j: str(entry[j][1])):  # one order: two runs cannot deadlock
             locks.enter_context(cache.locked(entry[j][1]))
         missing = [j for j in missing if cache.verified_folder(_kind(p, name), entry[j][1].name) is None]
-        if missing:
+        size = p.sae.shared_max or max(1, len(missing))
+        for g in range(0, len(missing), size):  # SAEConfig.shared_max SAEs per forward pass (memory)
+            group = missing[g:g + size]
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                folders = [Path(tmp) / f"L{l}-s{s}" for _, l, s in missing]
-                results = train_shared(model, [(l, s) for _, l, s in missing], p.sae, stream.rows(p.sae.context),
+                folders = [Path(tmp) / f"L{l}-s{s}" for _, l, s in group]
+                results = train_shared(model, [(l, s) for _, l, s in group], p.sae, stream.rows(p.sae.context),
                                        folders=folders, device=dev, progress=progress,
                                        model_name=f"universality_lib/{p.name}/{name}",
-                                       extra_info=[entry[j][0] for j in missing], threads=threads)
-                share = round((time.perf_counter() - t0) / len(missing), 2)
-                for j, src in zip(missing, folders):
+                                       extra_info=[entry[j][0] for j in group], threads=threads)
+                share = round((time.perf_counter() - t0) / len(group), 2)
+                for j, src in zip(group, folders):
                     cache.cached_folder(_kind(p, name), entry[j][1].name,
                                         lambda tmp_, src=src: shutil.copytree(src, tmp_, dirs_exist_ok=True))
                     out[j] = (False, share)

@@ -78,7 +78,7 @@ ARCHITECTURES = ("standard", "topk")
 NORMALISATION = "constant_norm_rescale"  # sae-lens' per-token rescale to norm sqrt(d_in)
 _FORMAT = 1
 # fields of SAEConfig that do not change a trained SAE (they are not part of its cache key)
-_NOT_IN_KEY = ("workers", "eval_tokens", "seeds", "seed_skyline")
+_NOT_IN_KEY = ("workers", "eval_tokens", "seeds", "seed_skyline", "shared_max")
 # options added after SAEs were first cached: part of the key only when set, so that adding one did not
 # invalidate the SAEs already trained with its default
 _IN_KEY_ONLY_IF_SET = {"autocast": False}
