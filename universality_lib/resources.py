@@ -209,17 +209,21 @@ def _mppc_sparse_row(p: Preset) -> dict | None:
     dense = _mppc_dense_row(p)
     sh, n, n_pairs = _shapes(p), _mppc_tokens(p), dense["count"]
     fwd = n * sum(sh["block"][f] * sh["layers"][f] for f in "TM")  # one pass: T and M (or T2, M0) over the sample
-    kw = dict(n_pairs=n_pairs, n_tokens=n, d_sae=sh["F"], d_model=p.transformer.d_model, l0=L0)
+    # experiments.compute keeps each SAE layer's codes for every pass (similarity.codes): one encode per SAE
+    kw = dict(n_pairs=n_pairs, n_tokens=n, d_sae=sh["F"], d_model=p.transformer.d_model, l0=L0,
+              n_layer_sets=_sae_row(p)["count"])
     per_gpu = {g.name: est(g.name, efficiency=EFFICIENCY, **kw) for g in GPUS}
     once = dense["flops"] - n_pairs * 2 * n * sh["F"] ** 2  # every model and SAE over the sample once
     return {"stage": "MPPC, sparse path (chapter 3)",
             "what": f"the same {n_pairs} layer pairs, only co-active features (L0 = {L0:g} assumed), float64, "
-                    f"{per_gpu[GPUS[1].name]['passes']} passes over the tokens on the {GPUS[1].name}",
+                    f"{per_gpu[GPUS[1].name]['passes']} passes over the tokens on the {GPUS[1].name}, each SAE layer "
+                    f"encoded once and kept ({per_gpu[GPUS[1].name]['kept_codes_gb']:.0f} GB of sparse codes in host "
+                    f"memory or on disk)",
             "count": n_pairs, "tokens": n * len(_FAMILY), "flops": once, "autocast_flops": 0,
             "memory_gb": dense["memory_gb"],
             "traffic_s": {k: e["seconds"] for k, e in per_gpu.items()},
             # the repeats: encodes and forwards of every further pass, beyond the one pass in "flops"
-            "gpu_flops": {k: max(0.0, e["encode_flops_not_priced"] + e["passes"] * fwd - once)
+            "gpu_flops": {k: max(0.0, e["encode_flops_not_priced"] + e["model_passes"] * fwd - once)
                           for k, e in per_gpu.items()},
             "passes": {k: e["passes"] for k, e in per_gpu.items()}, "sparse_kw": kw}
 
@@ -319,7 +323,7 @@ def _measured_units(row: dict, m: dict) -> dict:
     kw = row["sparse_kw"]
     t = stage_traffic(m["memory_gb"], **kw)
     return {"mppc_sparse_chunk": kw["n_pairs"] * -(-kw["n_tokens"] // CHUNK_TOKENS),
-            "model_tokens_T": t["passes"] * kw["n_tokens"], "model_tokens_M": t["passes"] * kw["n_tokens"],
+            "model_tokens_T": t["model_passes"] * kw["n_tokens"], "model_tokens_M": t["model_passes"] * kw["n_tokens"],
             "sae_encode_tokens": t["encode_flops_not_priced"] / (2 * kw["d_model"] * kw["d_sae"])}
 
 
@@ -522,11 +526,14 @@ def _mppc_and_sweep(p: Preset, rows: list[dict]) -> list[str]:
               f"features that fire together, so its cost grows with the square of L0 (about {L0:g} active features "
               "assumed), not with the square of the dictionary size. It is priced from the bytes it moves (the "
               "engine's `stage_seconds_estimate`: scattered float64 adds and the arrays of co-active pairs, at "
-              f"{EFFICIENCY} of the datasheet bandwidth) plus, at float32, the SAE encodes and one forward pass of "
-              "both models for every pass over the tokens. Only a few layer pairs' float64 sums (4.8 GB each at "
-              f"F = 24,576) fit half a GPU's memory at once, so the sample is read {sparse['passes'][a100.name]} times "
-              f"on the {a100.name}: those repeated forward passes and encodes dominate its time. The \"all three\" "
-              "total counts the sparse path." if sparse else
+              f"{EFFICIENCY} of the datasheet bandwidth) plus, at float32, one SAE encode of each layer and one "
+              "forward pass of each model. Only a few layer pairs' float64 sums (4.8 GB each at "
+              f"F = 24,576) fit half a GPU's memory at once, so the pairs take {sparse['passes'][a100.name]} passes "
+              f"over the sample on the {a100.name}; the engine keeps every layer's sparse codes from the first pass "
+              "for the others (`similarity.codes`: in host memory when they fit, else on disk in the cache, "
+              "hash-checked), so the later passes neither run the models nor encode again. Without that cache the "
+              "repeated forward passes and encodes would dominate the stage. The \"all three\" total counts the "
+              "sparse path." if sparse else
               "The sparse GPU back end has no cost estimate in this engine yet, so the total counts the dense path.")]
     alone, shared = _sae_row(p, shared_forward=False), rows[0]
     sh = _shapes(p)

@@ -140,25 +140,32 @@ SUM_PASSES = 1 + 12
 
 
 def stage_traffic(gpu_memory_gb: float, *, n_pairs: int = 864, n_tokens: int = 1_000_000, d_sae: int = 24_576,
-                  d_model: int = 768, l0: float = 50.0) -> dict:
+                  d_model: int = 768, l0: float = 50.0, n_layer_sets: int | None = None) -> dict:
     """Bytes the ``torch_sparse`` back end moves through GPU memory in one MPPC stage, by part, and the passes over
     the tokens it needs when half of ``gpu_memory_gb`` holds the float64 sums (``experiments.default_max_gb``);
-    see :func:`stage_seconds_estimate` for the assumptions."""
+    see :func:`stage_seconds_estimate` for the assumptions.
+
+    ``n_layer_sets``: the distinct (model, layer, SAE) code sets of the stage when ``experiments.compute`` keeps
+    each set's codes for every pass (``similarity.codes``; paper: 84): each is encoded once and every model runs
+    once (``model_passes`` 1); None: every pass encodes its layers and runs its models again."""
     pair_bytes = 8 * d_sae * d_sae
     per_pass = max(1, int(0.5 * gpu_memory_gb * 1e9 // pair_bytes))  # layer pairs whose S fit the budget
     passes = -(-n_pairs // per_pass)
-    layer_chunks = float(passes) * (1 + per_pass) * n_tokens  # tokens x layers encoded: one a layer, <= per_pass b
+    layer_chunks = float(passes) * (1 + per_pass) * n_tokens  # tokens x layers read: one a layer, <= per_pass b
+    encoded = layer_chunks if n_layer_sets is None else float(n_layer_sets) * n_tokens  # tokens x layers encoded
     pairs = float(n_pairs) * n_tokens * l0 * l0  # co-active (i, j) products
     parts = {
         "pair_streams": pairs * BYTES_PER_PAIR_STREAMS,
         "scatter_atomics": pairs * 2 * SECTOR,
-        # each layer's dense [t, F] float32 codes written by the SAE encode and read by nonzero; its entries (rows,
-        # cols, vals: written and read); its [F] per-unit sums are per chunk and negligible
-        "inputs": layer_chunks * (2 * d_sae * 4 + l0 * 3 * 8 * 2),
+        # each encoded layer's dense [t, F] float32 codes written by the SAE encode and read by nonzero; each layer
+        # read's entries (rows, cols, vals: written and read); its [F] per-unit sums are per chunk and negligible
+        "inputs": encoded * 2 * d_sae * 4 + layer_chunks * l0 * 3 * 8 * 2,
         "sums": float(n_pairs) * pair_bytes * SUM_PASSES,
     }
     return {**parts, "total": sum(parts.values()), "co_active_pairs": pairs, "pairs_per_pass": per_pass,
-            "passes": passes, "encode_flops_not_priced": layer_chunks * 2 * d_model * d_sae}
+            "passes": passes, "model_passes": passes if n_layer_sets is None else 1,
+            "encode_flops_not_priced": encoded * 2 * d_model * d_sae,
+            "kept_codes_gb": 0.0 if n_layer_sets is None else encoded * l0 * 8 / 1e9}
 
 
 def stage_seconds_estimate(gpu: str = "A100 (40 GB)", *, efficiency: float = 0.5, **traffic) -> dict:
@@ -183,12 +190,13 @@ def stage_seconds_estimate(gpu: str = "A100 (40 GB)", *, efficiency: float = 0.5
       returned as ``encode_flops_not_priced`` (SAE encodes only) for the appendix to price at its FLOP rates.
 
     Returns ``{"gpu", "bandwidth_gbs", "bytes", "seconds", "hours", "passes", "parts": {part: seconds},
-    "encode_flops_not_priced", "label"}``."""
+    "encode_flops_not_priced", "model_passes", "kept_codes_gb", "label"}``."""
     bw_gbs, mem_gb = GPU_MEMORY[gpu]
     bw = bw_gbs * 1e9 * efficiency
     t = stage_traffic(mem_gb, **traffic)
     parts = {k: t[k] / bw for k in ("pair_streams", "scatter_atomics", "inputs", "sums")}
     return {"gpu": gpu, "bandwidth_gbs": bw_gbs, "bytes": t["total"], "seconds": t["total"] / bw,
             "hours": t["total"] / bw / 3600, "passes": t["passes"], "parts": parts,
-            "encode_flops_not_priced": t["encode_flops_not_priced"],
+            "encode_flops_not_priced": t["encode_flops_not_priced"], "model_passes": t["model_passes"],
+            "kept_codes_gb": t["kept_codes_gb"],
             "label": "ESTIMATE from memory traffic (not measured, FLOPs not priced)"}
