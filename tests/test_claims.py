@@ -95,6 +95,21 @@ def test_check_records_what_the_report_reads(results_env, monkeypatch):
     assert "**3 of 4** claims held" in results.verdicts("smoke", chapter="02_sparse_autoencoders")
 
 
+def test_check_records_the_unit_and_chapter_5_numbers(results_env):
+    ch = "05_induction_circuits"
+    assert claims.check("C7.fake", delta=3.4, delta_se=0.5, chapter=ch) == 3.4
+    assert claims.check("C8", lag=2, delta=-1.0, chapter=ch) == 2
+    by = {r["name"]: r for r in results.load_chapter(ch)}
+    assert by["M_state_fake_delta"]["unit"] == "logit" and by["M_state_fake_delta"]["passed"] is True
+    assert by["M_conv_best_lag"]["unit"] is None
+    assert results.fmt("M_state_fake_delta", ".2g", chapter=ch) == "3.4 logit"
+    # the paper's numbers chapter 5 shows: top component, its Δ, the runner-up (name and Δ), p clean -> patched
+    paper = {**claims.get("C6").numbers, **claims.get("C7").numbers}
+    assert [v["runner_up_top"] for v in paper.values()] == ["L9H4", "L3H0", "layer 12"]
+    assert all({"top", "delta", "runner_up", "ratio", "clean_p", "patched_p"} <= set(v) for v in paper.values())
+    assert paper["M: SSM state -> logits"]["ratio"] == pytest.approx(7.8661 / 2.3524)
+
+
 # ----------------------------------------------------------------------------- recorded verdicts reproduced
 def _iv(recs, name):
     return recs[name]["value"]
@@ -193,6 +208,20 @@ SMOKE_BEFORE = {
     "off_by_one_peak_offset": ({
         "deltas": [1.5515834093093872e-06, -8.841603994369507e-05, -2.22623348236084e-05, -0.00015903543680906296],
         "ses": [0.00012168389913103878, 8.144261603741934e-05, 0.00015670522403725423, 0.0001527201036857444]}, False),
+    # chapters 5 and 6 at smoke, 2c9f93c: passed as the chapters' own record() calls wrote it; the inputs (standard
+    # errors included, which those records did not keep) as claims.check stored them in a rerun that recorded the
+    # same values
+    "T_head_to_logits_ratio": ({
+        "delta": -0.00954589806497097, "delta_se": 0.008237299928069581, "ratio": 0.45821279287338257}, False),
+    "T_head_to_head_ratio": ({  # 6.7x the runner-up, but within 3 SE of zero
+        "delta": -0.0001660305424593389, "delta_se": 0.00013770891089853233, "ratio": 6.722989559173584}, False),
+    "M_state_to_logits_ratio": ({
+        "delta": -3.7946738302707672e-06, "delta_se": 6.55086570516926e-06, "ratio": 0.0645110234618187}, False),
+    "M_state_fake_delta": ({
+        "delta": 3.023305907845497e-06, "delta_se": 4.105395724263406e-06}, False),
+    "off_by_one_transformer_control": ({  # peaks at B, but within 3 SE
+        "deltas": [-0.0024100886657834053, -0.00036759115755558014, -0.00047474680468440056, -0.0004184376448392868],
+        "ses": [0.001545907055345241, 0.0014159302904408187, 0.000658440951858839, 0.0007158817557050601]}, False),
 }
 
 

@@ -46,6 +46,7 @@ class Check:
     criterion: str  # the criterion recorded with it
     rule: Callable[..., tuple[Any, bool]]  # (inputs) -> (value, passed)
     names: tuple[str, ...] = ()  # for a templated name: the names the report reads as verdicts (default: name)
+    unit: str | None = None  # the unit recorded with the value ("logit"); None for a count, ratio or flag
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -178,11 +179,13 @@ def _dominance(id: str, key: str, what: str, claim: str) -> Check:
 
 # ----------------------------------------------------------------------------- the claims
 _PAPER_05 = {  # the authors' saved results (paper digest 2.6): Pythia-160M and Mamba-130M; Δ = change of the B logit
-    "T: head -> logits": dict(top="L5H0", delta=-2.3453, runner_up=-1.2604, clean_p=0.0170, patched_p=0.0025),
-    "T: head @B -> induction head -> logits": dict(top="L3H2", delta=-1.9993, runner_up=-0.5982, clean_p=0.0165,
-                                                   patched_p=0.0039),
-    "M: SSM state -> logits": dict(top="layer 17", delta=-7.8661, runner_up=-2.3524, clean_p=0.0486,
-                                   patched_p=0.0003),
+    # (runner_up: the runner-up's Δ; runner_up_top: which component that is)
+    "T: head -> logits": dict(top="L5H0", delta=-2.3453, runner_up=-1.2604, runner_up_top="L9H4", clean_p=0.0170,
+                              patched_p=0.0025),
+    "T: head @B -> induction head -> logits": dict(top="L3H2", delta=-1.9993, runner_up=-0.5982, runner_up_top="L3H0",
+                                                   clean_p=0.0165, patched_p=0.0039),
+    "M: SSM state -> logits": dict(top="layer 17", delta=-7.8661, runner_up=-2.3524, runner_up_top="layer 12",
+                                   clean_p=0.0486, patched_p=0.0003),
 }
 for _v in _PAPER_05.values():
     _v["ratio"] = abs(_v["delta"]) / abs(_v["runner_up"])
@@ -260,7 +263,8 @@ CLAIMS: tuple[Claim, ...] = (
           (_dominance("C7.state", "M_state_to_logits", "layer", "C7: one layer's SSM state dominates the "
                       "state-history sweep (Mamba's induction layer)"),
            Check("C7.fake", "M_state_fake_delta", "C7: patching the induction layer's state with the B->B' history "
-                 "moves the prediction toward B'", f"Δ logit B' > {Z:g} SE in the top layer", _toward_fake)),
+                 "moves the prediction toward B'", f"Δ logit B' > {Z:g} SE in the top layer", _toward_fake,
+                 unit="logit")),
           ("M_state_to_logits_top", "M_state_to_logits_delta", "M_state_to_logits_share"),
           "one layer's state dominates the state-history path-patching sweep; patching it moves the prediction "
           "toward B'",
@@ -336,5 +340,5 @@ def check(id: str, *, chapter: str | None = None, **inputs) -> Any:
         fill = {**plain, "kind_text": "random tokens" if plain.get("kind") == "random" else "natural text"}
         name = k.name.format(**fill)
         out[name] = results.record(name, value, claim=k.claim.format(**fill), criterion=k.criterion,
-                                   passed=passed, chapter=chapter, inputs=plain)
+                                   passed=passed, unit=k.unit, chapter=chapter, inputs=plain)
     return next(iter(out.values())) if len(out) == 1 else out
