@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from . import results
+from .circuits.effects import dominant
 from .errors import UniversalityError
+from .stats import above_zero, below_zero
 
 __all__ = ["Check", "Claim", "CLAIMS", "CHECKS", "RATIO", "Z", "get", "check", "recheck"]
 
@@ -134,15 +136,15 @@ def _order(random, main, model_seed, sae_seed):
 
 
 def _rho_above_zero(rho, ci):  # depth.DepthAlignment.holds
-    return rho, bool(math.isfinite(rho) and rho > 0 and ci[0] > 0)
+    return rho, above_zero(rho, ci[0])
 
 
 def _rho_below_zero(rho, ci):
-    return rho, rho < 0 and ci[1] < 0
+    return rho, below_zero(rho, ci[1])
 
 
 def _dominates(delta, delta_se, ratio):  # circuits.effects.Effects.dominates("logit_B", "down", RATIO, Z)
-    return ratio, delta < 0 and abs(delta) > Z * delta_se and ratio >= RATIO
+    return ratio, dominant(delta, delta_se, ratio, "down", RATIO, Z)
 
 
 def _toward_fake(delta, delta_se):

@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import UniversalityError
 from .similarity.result import MPPCResult, side_of
-from .stats import bootstrap_mean, bootstrap_table_spearman, spearman_from_table
+from .stats import above_zero, bootstrap_mean, bootstrap_table_spearman, spearman_from_table
 
 __all__ = ["relative_depth", "best_layer_counts", "spearman_from_table", "DepthAlignment", "depth_alignment",
            "alignment_table"]
@@ -90,7 +90,7 @@ class DepthAlignment:
 
     def holds(self) -> bool:
         """The claim's criterion: rho > 0 and its interval above 0."""
-        return bool(np.isfinite(self.rho) and self.rho > 0 and self.ci_low > 0)
+        return above_zero(self.rho, self.ci_low)
 
     def summary(self) -> dict:
         return {"direction": f"{self.name}→{self.other}", "min_mppc": self.min_mppc, "n": self.n, "rho": self.rho,

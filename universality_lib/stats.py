@@ -91,3 +91,13 @@ def bootstrap_table_spearman(counts: np.ndarray, n_boot: int, level: float, seed
         return float("nan"), float("nan")
     lo, hi = np.quantile(rhos, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def above_zero(estimate: float, low: float) -> bool:
+    """A positive ``estimate`` whose interval lies above 0 (its ``low`` end > 0); False for NaN."""
+    return bool(math.isfinite(estimate) and estimate > 0 and low > 0)
+
+
+def below_zero(estimate: float, high: float) -> bool:
+    """A negative ``estimate`` whose interval lies below 0 (its ``high`` end < 0); False for NaN."""
+    return bool(math.isfinite(estimate) and estimate < 0 and high < 0)

@@ -29,6 +29,15 @@ from .precision import Precision, order
 from .task import Estimate, estimate
 
 
+
+def dominant(delta: float, delta_se: float, ratio_to_second: float, direction: str = "down", ratio: float = 1.5,
+             z: float = 3.0) -> bool:
+    """The book's criterion for "one component dominates" (claims C6 and C7): the top component's mean change
+    ``delta`` goes in ``direction`` by more than ``z`` standard errors, and its |Δ| is at least ``ratio`` times the
+    runner-up's."""
+    right_way = delta < 0 if direction == "down" else delta > 0 if direction == "up" else delta != 0
+    return bool(right_way and abs(delta) > z * delta_se and ratio_to_second >= ratio)
+
 @dataclass
 class Effects:
     experiment: str
@@ -108,9 +117,8 @@ class Effects:
         """The book's criterion for "one component dominates": the top component moves the metric in
         ``direction`` by more than ``z`` standard errors, and by at least ``ratio`` times the runner-up's |Δ|."""
         i = int(self.order(metric, direction)[0])
-        d, se = float(self.delta(metric)[i]), float(self.delta_se(metric)[i])
-        right_way = d < 0 if direction == "down" else d > 0 if direction == "up" else d != 0
-        return bool(right_way and abs(d) > z * se and self.ratio_to_second(metric, direction) >= ratio)
+        return dominant(float(self.delta(metric)[i]), float(self.delta_se(metric)[i]),
+                        self.ratio_to_second(metric, direction), direction, ratio, z)
 
     def summary(self, metric: str = "logit_B", direction: str = "down") -> dict:
         """The top component and its numbers (a dict for ``results.record`` and prose)."""
