@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import corpus
-from .induction import (heldout_snippets, induction_check, per_position_loss, repeated_random_tokens)
+from .circuits.induction import heldout_snippets, induction_check, per_position_loss, repeated_random_tokens
 from .presets import Preset, get as get_preset
+from .runtime import model_device
 
 LOSS_TOLERANCE = 0.03  # |L_M / L_T - 1|
 INDUCTION_MAX = 0.5  # repeat / first copy
@@ -66,7 +67,7 @@ def clean_prob_B(model, preset: "str | Preset") -> tuple[float, int]:
     cfg = task_config(p)
     prompts = make_prompts(task_vocab(p, model.tokenizer), cfg, bos_id=model.tokenizer.bos_token_id)
     probs = []
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     with torch.no_grad():
         for batch in prompts.batches():
             probs.append(target_scores(model(batch.tokens.to(dev), return_type="logits"), batch.b)[1])

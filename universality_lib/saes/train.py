@@ -520,21 +520,15 @@ def _save(job: _Job, model, cfg: SAEConfig, dev: torch.device, wall: float, thre
     return TrainResult(sae=loaded, log=list(trainer.curve), info=info_)
 
 
+_RUNNER_METADATA = ("dataset_path", "hook_name", "model_name", "model_class_name", "hook_head_index", "context_size",
+                    "seqpos_slice", "model_from_pretrained_kwargs", "prepend_bos", "exclude_special_tokens",
+                    "sequence_separator_token", "disable_concat_sequences")
+
+
 def _set_metadata(sae, runner_cfg) -> None:
     """What sae-lens' LanguageModelSAETrainingRunner records in the SAE's metadata (saved in cfg.json)."""
-    m = sae.cfg.metadata
-    m.dataset_path = runner_cfg.dataset_path
-    m.hook_name = runner_cfg.hook_name
-    m.model_name = runner_cfg.model_name
-    m.model_class_name = runner_cfg.model_class_name
-    m.hook_head_index = runner_cfg.hook_head_index
-    m.context_size = runner_cfg.context_size
-    m.seqpos_slice = runner_cfg.seqpos_slice
-    m.model_from_pretrained_kwargs = runner_cfg.model_from_pretrained_kwargs
-    m.prepend_bos = runner_cfg.prepend_bos
-    m.exclude_special_tokens = runner_cfg.exclude_special_tokens
-    m.sequence_separator_token = runner_cfg.sequence_separator_token
-    m.disable_concat_sequences = runner_cfg.disable_concat_sequences
+    for k in _RUNNER_METADATA:
+        setattr(sae.cfg.metadata, k, getattr(runner_cfg, k))
 
 
 def _sae_lens_version() -> str:
