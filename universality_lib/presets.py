@@ -234,18 +234,19 @@ _TINY = Preset(
 
 # The zoo v2 recipe (issue 14): T / T2 with 4 blocks, M with 8 (the paper's 1:2), d_model 96 (T 1.24M and M 1.33M
 # parameters, +7.6%), trained on the English-plus-code mix. Speed on the quiet 2-core CPU (benchmarks/zoo_v2_trials.py,
-# batch 64 x 128, 2 threads): d96 T 9,268 and M 7,699 tokens/s, 2.2x and 1.9x the d128 pair (4,276 / 3,992), so 20M
-# tokens per model fit the three side by side (one thread each) in under 2 h. The first v2 trial (d128, 12M tokens, a
+# batch 64 x 128, 2 threads): d96 T 9,268 and M 7,699 tokens/s, 2.2x and 1.9x the d128 pair (4,276 / 3,992), but one thread
+# each side by side measured T 4,000 and M 2,780 tokens/s, so 16M tokens per model (T, T2, M in three processes,
+# T / T2 at nice 2 so that M gets most of a core) take about 2 h. The first v2 trial (d128, 12M tokens, a
 # quarter of the rows random tiles and a quarter natural tiles) had no induction at 9.8M tokens (period-64 check
 # 7.29 / 6.89 for T); the v1 zoo, with half of its rows random tiles, formed induction as its period ramp ended. So
 # half of the rows tile a random sequence (as v1), a quarter tile the row's own natural text (copying real text),
-# a quarter are plain text, and the period ramp ends at 30% of the steps (6M tokens).
+# a quarter are plain text, and the period ramp ends at 30% of the steps (4.8M tokens).
 # Not the `tiny` preset until the v2 zoo trained with it ships.
 TINY_V2 = _TINY.replace(
     corpus=MIX_CORPUS,
     transformer=TransformerConfig(n_layers=4, d_model=96, n_heads=4, d_mlp=384, n_ctx=256),
     mamba=MambaSize(n_layers=8, d_model=96),
-    train=TrainConfig(tokens=20_000_000, batch_size=64, context=128, lr=2e-3, mamba_lr=5e-3, warmup_steps=200,
+    train=TrainConfig(tokens=16_000_000, batch_size=64, context=128, lr=2e-3, mamba_lr=5e-3, warmup_steps=200,
                       repeat_frac=0.75, repeat_span=64, repeat_mode="sequence", repeat_min_period=1,
                       repeat_ramp_frac=0.3, repeat_natural_frac=1 / 3, log_every=50, eval_every=100,
                       checkpoint_every=100),
