@@ -225,7 +225,7 @@ def test_off_by_one_figures():
     import matplotlib
 
     matplotlib.use("Agg")
-    from universality_lib.plots_circuits import lag_shares, off_by_one_diagram, offset_profiles
+    from universality_lib.plots.off_by_one import lag_shares, off_by_one_diagram, offset_profiles
 
     assert len(off_by_one_diagram().axes) == 2
     prof = {"M": {"labels": ["B", "B+1"], "deltas": [0.0, -1.0], "ses": [0.1, 0.1], "index": 1},
