@@ -80,9 +80,9 @@ def test_conv_terms_add_up_and_rebuild_the_scan_inputs():
     assert parts.shape == (4,) + tuple(c[names[0]].shape)
     assert torch.allclose(parts.sum(0) + blk.conv1d.bias, c[names[1]], atol=1e-5)
     assert torch.equal(parts[2][:, :2], torch.zeros_like(parts[2][:, :2]))  # lag 2 reaches before the start
-    x, delta, Bm = ob.ssm_inputs_from_conv(blk, c[names[1]])
+    x, delta, B = ob.ssm_inputs_from_conv(blk, c[names[1]])
     assert torch.allclose(x, c[names[2]], atol=1e-6) and torch.allclose(delta, c[names[3]], atol=1e-5)
-    assert torch.allclose(Bm, c[names[4]], atol=1e-5)
+    assert torch.allclose(B, c[names[4]], atol=1e-5)
 
 
 @pytest.mark.parametrize("lag", [0, 1, 2])
@@ -157,8 +157,8 @@ def test_write_decomposition_shares_and_positions():
     conv = parts.sum(0) + blk.conv1d.bias
 
     def write(cv):
-        x, delta, Bm = ob.ssm_inputs_from_conv(blk, cv)
-        return (delta * x).unsqueeze(-1) * Bm.unsqueeze(-2)  # [n,L-3,E,N]
+        x, delta, B = ob.ssm_inputs_from_conv(blk, cv)
+        return (delta * x).unsqueeze(-1) * B.unsqueeze(-2)  # [n,L-3,E,N]
 
     with torch.no_grad():
         e = np.array([float((write(conv) - write(conv - parts[k])).double().pow(2).sum()) for k in range(4)])

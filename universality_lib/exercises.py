@@ -115,10 +115,10 @@ def _check_layer(model, layer: int) -> int:
 # ----------------------------------------------------------------------------- chapter 1: one scan step
 @torch.no_grad()
 def check_scan_step(fn: Callable, model, tokens: torch.Tensor, layer: int = 0, t: int | None = None) -> Verdict:
-    """``fn(cache, layer, t)`` -> h_t [B, E, N], one step of the selective scan of ``blocks.{layer}`` computed
+    """``fn(cache, layer, t)`` -> h_t [b, E, N], one step of the selective scan of ``blocks.{layer}`` computed
     from ``cache`` (the block's exact-scan hooks: ``hook_A_bar``, ``hook_B_bar``, ``hook_ssm_input``,
     ``hook_h.{t-1}`` ..., plus ``hook_delta``, ``hook_A``, ``hook_B`` for a reader who discretises by hand),
-    checked against ``blocks.{layer}.hook_h.{t}``. ``tokens`` [B, L] (or [L]); ``t`` in 1..L-1 (default L // 2).
+    checked against ``blocks.{layer}.hook_h.{t}``. ``tokens`` [b, L] (or [L]); ``t`` in 1..L-1 (default L // 2).
     """
     _require_mamba(model, "check_scan_step")
     layer = _check_layer(model, layer)
@@ -132,14 +132,14 @@ def check_scan_step(fn: Callable, model, tokens: torch.Tensor, layer: int = 0, t
                                     names_filter=lambda n: n.startswith(prefix))
     got = fn(cache, layer, t)
     if got is None:
-        return _missing(f"h_{t} of layer {layer}, a tensor [B, E, N] = {tuple(cache[f'{prefix}hook_h.{t}'].shape)}")
+        return _missing(f"h_{t} of layer {layer}, a tensor [b, E, N] = {tuple(cache[f'{prefix}hook_h.{t}'].shape)}")
     want = cache[f"{prefix}hook_h.{t}"]
     problem = _mismatch(f"h_{t}", got, want, atol=1e-5, rtol=1e-4)
     if problem and _mismatch("", got, cache[f"{prefix}hook_h.{t - 1}"], 1e-6, 1e-6) is None:
         problem += f": it equals h_{t - 1}, the state *before* the step"
     if problem:
         problem += (". Recall h_t = Ā_t ⊙ h_{t-1} + B̄_t x_t, with Ā_t = hook_A_bar[:, t], B̄_t = hook_B_bar[:, t] "
-                    "([B, E, N]) and x_t = hook_ssm_input[:, t] ([B, E], broadcast over N)")
+                    "([b, E, N]) and x_t = hook_ssm_input[:, t] ([b, E], broadcast over N)")
     return _verdict([problem], f"h_{t} of layer {layer} matches blocks.{layer}.hook_h.{t} "
                                f"(shape {tuple(want.shape)}).")
 
@@ -359,9 +359,9 @@ def check_knockout_conv(fn: Callable, model, prompts, layer: int, lag: int, corr
     if problem is None and tuple(got.shape) != tuple(kc[names[1]].shape):
         problem = f"the conv output has shape {tuple(got.shape)}, expected {tuple(kc[names[1]].shape)}"
     if problem is None:
-        x, delta, Bm = ob.ssm_inputs_from_conv(blk, got.to(kc[names[1]].dtype))
+        x, delta, B = ob.ssm_inputs_from_conv(blk, got.to(kc[names[1]].dtype))
         problem = "; ".join(p for p in (_mismatch(n, g, w, 1e-5, 1e-4) for n, g, w in
-                                        (("x", x, want.x), ("Δ", delta, want.delta), ("B", Bm, want.Bm))) if p)
+                                        (("x", x, want.x), ("Δ", delta, want.delta), ("B", B, want.B))) if p)
         if problem:
             problem += (f". Lag k multiplies x_in at t - k (conv_taps(block)[:, k]); take the corrupted conv and "
                         f"replace lag {lag}'s corrupted term by its clean one, shifting x_in {lag} positions later")

@@ -68,7 +68,7 @@ class ScanInputs:
     """What one layer's recurrence reads, from one run: Δ [n,L,E], B [n,L,N], x [n,L,E] and A [E,N]."""
 
     delta: torch.Tensor
-    Bm: torch.Tensor
+    B: torch.Tensor
     x: torch.Tensor
     A: torch.Tensor
 
@@ -76,7 +76,7 @@ class ScanInputs:
         """(Ā_t, B̄_t x_t), both [n,E,N], computed exactly as the exact scan does."""
         d = self.delta[:, t].unsqueeze(-1)  # [n,E,1]
         A_bar = torch.exp(d * self.A)  # [n,E,N]
-        B_bar = d * self.Bm[:, t].unsqueeze(1)  # [n,E,N]
+        B_bar = d * self.B[:, t].unsqueeze(1)  # [n,E,N]
         return A_bar, B_bar * self.x[:, t].unsqueeze(-1)
 
 

@@ -162,8 +162,8 @@ def ssm_inputs_from_conv(block, conv: torch.Tensor) -> tuple[torch.Tensor, torch
     Δ = softplus(dt_proj(Δ_1)). Shapes [.., E], [.., E], [.., N]."""
     R, N = block.cfg.dt_rank, block.cfg.d_state
     x = F.silu(conv)  # [..,E]
-    d1, Bm, _ = block.x_proj(x).split([R, N, N], dim=-1)  # [..,R], [..,N]
-    return x, F.softplus(block.dt_proj(d1)), Bm
+    d1, B, _ = block.x_proj(x).split([R, N, N], dim=-1)  # [..,R], [..,N]
+    return x, F.softplus(block.dt_proj(d1)), B
 
 
 @torch.no_grad()
@@ -176,9 +176,9 @@ def knockout_scan_inputs(model, batch: Batch, layer: int, lag: int) -> cm.ScanIn
     w = conv_taps(blk)[:, lag].to(xc.dtype)  # [E]
     shift = lambda v: F.pad(v, (0, 0, lag, 0))[:, :L]  # noqa: E731  x_{t-lag}
     conv = batch.corrupt_cache[f"blocks.{layer}.hook_conv"] - w * (shift(xk) - shift(xc))  # [n,L,E]
-    x, delta, Bm = ssm_inputs_from_conv(blk, conv)
+    x, delta, B = ssm_inputs_from_conv(blk, conv)
     A = -torch.exp(blk.A_log.float()).to(x.device)  # [E,N]
-    return cm.ScanInputs(delta, Bm, x, A)
+    return cm.ScanInputs(delta, B, x, A)
 
 
 @dataclass(frozen=True)
@@ -317,8 +317,8 @@ class WriteDecomposition:
 
 def _write_factors(block, conv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(u, B) with the state write W = u ⊗ B: u = Δ ⊙ x [m, E], B [m, N]."""
-    x, delta, Bm = ssm_inputs_from_conv(block, conv)
-    return delta * x, Bm
+    x, delta, B = ssm_inputs_from_conv(block, conv)
+    return delta * x, B
 
 
 @torch.no_grad()
@@ -353,13 +353,13 @@ def write_decomposition(model, prompts: InductionPrompts, layers=None, positions
             parts = conv_contributions(blk, cache[names[i]].float())[:, sel.to(cache[names[i]].device)]  # [K,m,E]
             bias = blk.conv1d.bias.float() if blk.conv1d.bias is not None else 0.0
             conv = parts.sum(0) + bias  # [m,E]
-            u, Bm = (v.double() for v in _write_factors(blk, conv))  # [m,E], [m,N]
+            u, B = (v.double() for v in _write_factors(blk, conv))  # [m,E], [m,N]
             for k in range(K):
                 e_conv[i, k] += float(parts[k].double().pow(2).sum())
                 u_k, B_k = (v.double() for v in _write_factors(blk, conv - parts[k]))
                 # ||u B^T - u_k B_k^T||_F^2 without the [m,E,N] matrices (float64; exactly 0 when nothing changed)
-                sq = ((u * u).sum(-1) * (Bm * Bm).sum(-1) + (u_k * u_k).sum(-1) * (B_k * B_k).sum(-1)
-                      - 2 * (u * u_k).sum(-1) * (Bm * B_k).sum(-1))  # [m]
+                sq = ((u * u).sum(-1) * (B * B).sum(-1) + (u_k * u_k).sum(-1) * (B_k * B_k).sum(-1)
+                      - 2 * (u * u_k).sum(-1) * (B * B_k).sum(-1))  # [m]
                 e_write[i, k] += float(sq.clamp_min(0).sum())
     w = np.stack([conv_taps(model.blocks[l]).detach().double().pow(2).sum(0).cpu().numpy() for l in layers])
     norm = lambda a: a / np.where(a.sum(1, keepdims=True) > 0, a.sum(1, keepdims=True), 1.0)  # noqa: E731
