@@ -200,6 +200,25 @@ def test_token_streams_by_kind_and_weight(mixed):
         corpus.token_stream(p, "heldout", tok, kind="prose")
 
 
+def test_mix_table_counts_each_sources_tokens_and_weighted_share(mixed):
+    p, _ = mixed
+    tok = corpus.load_tokenizer(p)
+    rows = {r["source"]: r for r in corpus.mix_table(p, tokenizer=tok)}
+    assert set(rows) == {"code", "moby-dick"}
+    lm = corpus.token_stream(p, "lm_train", tok)
+    unweighted = {"code": 0, "moby-dick": 0}
+    for d, t in corpus.documents(p, "lm_train").items():
+        unweighted["code" if corpus.kind_of(d) == "code" else "moby-dick"] += len(tok(t, add_special_tokens=False)["input_ids"]) + 1
+    assert {n: r["tokens"] for n, r in rows.items()} == unweighted
+    assert rows["moby-dick"]["weight"] == 2.5 and rows["code"]["weight"] == 1.0
+    # the weighted reads are about the stream a training pass reads (2.5 = 2 or 3 reads per document)
+    reads = rows["code"]["tokens"] + 2.5 * rows["moby-dick"]["tokens"]
+    assert abs(reads / len(lm) - 1) < 0.1
+    assert abs(sum(r["share of training reads"] for r in rows.values()) - 1) < 1e-3
+    held = {r["source"]: r for r in corpus.mix_table(p, "heldout", tokenizer=tok)}
+    assert all(r["weight"] == 1.0 for r in held.values())  # an unweighted split
+
+
 def test_a_code_only_corpus_has_no_heldout_split_and_says_so():
     with pytest.raises(corpus.UniversalityError, match="no 'heldout' split"):
         corpus.token_stream("smoke", "heldout")

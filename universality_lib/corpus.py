@@ -459,6 +459,36 @@ def describe(preset: "str | Preset") -> dict:
     return out
 
 
+def mix_table(preset: "str | Preset", split: str = "lm_train", tokenizer=None) -> list[dict]:
+    """Chapter 1's corpus table: one row per source of ``split`` (the code, then each English text source) with
+    genre, licence, documents, tokens, mixing weight and its share of the tokens a training pass reads
+    (tokens x weight; a share of the documents only where the split is not weighted)."""
+    p = get_preset(preset)
+    tok = tokenizer if tokenizer is not None else load_tokenizer(p)
+    docs = documents(p, split)
+    weighted = bool(p.corpus.text_sources) and split in WEIGHTED_SPLITS
+    groups: dict[str, list[str]] = {}
+    for d in docs:
+        groups.setdefault("code" if kind_of(d) == "code" else d.split("/", 2)[1], []).append(d)
+    rows = []
+    for name, ids in groups.items():
+        texts = [docs[d] for d in ids]
+        n_tok = sum(len(e) + 1 for i in range(0, len(texts), 256)  # + 1: the EOT before every document
+                    for e in tok(texts[i:i + 256], add_special_tokens=False)["input_ids"])
+        if name == "code":
+            genre, licence = "Python source code (standard library)", "PSF-2.0"
+            weight = p.corpus.code_weight
+        else:
+            src = sources.get(name)
+            genre, licence, weight = src.genre, src.licence, src.weight
+        rows.append({"source": name, "genre": genre, "licence": licence, "documents": len(ids), "tokens": n_tok,
+                     "weight": weight if weighted else 1.0})
+    reads = sum(r["tokens"] * r["weight"] for r in rows) or 1
+    for r in rows:
+        r["share of training reads"] = round(r["tokens"] * r["weight"] / reads, 4)
+    return rows
+
+
 def save_manifest(preset: "str | Preset", folder: str | Path) -> dict:
     m = manifest(preset)
     cache.atomic_write_json(Path(folder) / "corpus_manifest.json", m)
