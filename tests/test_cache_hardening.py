@@ -1,6 +1,7 @@
 """cache: a manifest must cover its whole folder, a malformed one is a failed verification, folders are swapped
 in by renames (a kill leaves the old or the new one), one writer per entry, stale temporary folders go, and
 files are created with the usual permissions."""
+import json
 import os
 import stat
 import subprocess
@@ -9,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from universality_lib import cache, zoo
 from universality_lib.errors import IntegrityError, UniversalityError
@@ -102,9 +104,24 @@ def test_the_fix_depends_on_where_the_folder_lives(tmp_path, monkeypatch):
     assert "git checkout" not in str(e.value) and "rebuilt" in str(e.value)
 
 
-def test_the_shipped_checkpoints_pass_the_full_check():
+@pytest.mark.parametrize("preset", ["tiny", "tiny_v2"])
+def test_the_shipped_checkpoints_pass_the_full_check(preset):
     for name in ("T", "T2", "M", "tokenizer"):
-        cache.verify_manifest(zoo.shipped_dir("tiny") / name)
+        cache.verify_manifest(zoo.shipped_dir(preset) / name)
+
+
+def test_the_v2_candidate_zoo_was_trained_by_its_preset():
+    from universality_lib import corpus, presets
+
+    p = presets.get("tiny_v2")
+    tok = corpus.load_tokenizer(p)
+    for name in ("T", "T2", "M"):
+        meta = zoo.train_meta(p, name)
+        assert meta["train"] == json.loads(json.dumps(p.to_dict()["train"])) and meta["steps"] == p.train.tokens // (64 * 128)
+        assert meta["tokenizer_sha"] == corpus.tokenizer_hash(tok)
+        m = zoo.load(p, name)
+        assert m.cfg.n_layers == (p.mamba.n_layers if name == "M" else p.transformer.n_layers)
+        assert m.cfg.d_model == 96 and all(t.dtype == torch.float32 for t in m.parameters())
 
 
 # ----------------------------------------------------------------------------- a kill while swapping
