@@ -50,3 +50,27 @@ def test_loss_ratio_is_the_ratio_of_mean_losses_and_its_verdict_follows_the_tole
     assert r.passed == (abs(r.value - 1) <= zoo_check.LOSS_TOLERANCE)
     p = rows["clean_prob_B"]
     assert 0 <= p.value <= 1 and p.passed == (p.value >= zoo_check.CLEAN_PROB_B_MIN)
+
+
+def test_record_puts_every_criterion_with_its_verdict_in_the_results(tmp_path, monkeypatch):
+    from universality_lib import results
+
+    monkeypatch.setenv("UNIVERSALITY_RESULTS_DIR", str(tmp_path))
+    rows = [zoo_check.Criterion("heldout_loss_ratio", "M/T", 1.01, "within 3% of 1", True, "heldout", 256),
+            zoo_check.Criterion("clean_prob_B", "M", 0.01, ">= 0.3", False, "chapter 5 prompts", 512)]
+    assert zoo_check.record(rows) is rows
+    got = {r["name"]: r for r in results.load_chapter()}
+    assert got["zoo_heldout_loss_ratio_M_over_T"]["passed"] is True
+    assert got["zoo_clean_prob_B_M"]["passed"] is False and got["zoo_clean_prob_B_M"]["value"] == 0.01
+
+
+def test_induction_curves_draw_one_panel_per_probe_the_logs_have():
+    from universality_lib.plots import induction_curves
+
+    code_only = {"T": [{"tokens": 1, "repeat_first": 7.0, "repeat_second": 3.5}, {"tokens": 2, "loss": 3.0}]}
+    assert len(induction_curves(code_only).axes) == 1
+    mix = {"T": [{"tokens": 1, "repeat_first": 7.0, "repeat_second": 3.5, "natural_text_ratio": 0.9,
+                  "natural_code_ratio": 0.8}]}
+    fig = induction_curves(mix)
+    assert [a.get_title() for a in fig.axes] == list(__import__("universality_lib.plots.zoo").plots.zoo.INDUCTION_PANELS)
+    assert fig.axes[0].lines[0].get_ydata()[0] == 0.5  # the ratio, not the loss

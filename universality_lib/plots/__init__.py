@@ -1,7 +1,7 @@
 """Matplotlib figures of the book, one module per chapter that draws (each function returns the Figure; the
 notebook shows it):
 
-* :mod:`.zoo`           chapter 1: loss by position, training curves
+* :mod:`.zoo`           chapter 1: loss by position, training and induction curves
 * :mod:`.saes`          chapter 2: SAE quality against depth, feature density, one SAE's training curves
 * :mod:`.similarity`    chapter 3: MPPC distributions, means with intervals, layer-pair matrix, paired MPPC
 * :mod:`.universality`  chapter 4: depth panels, complexity against MPPC
@@ -15,9 +15,9 @@ from .off_by_one import lag_shares, off_by_one_diagram, offset_profiles
 from .saes import feature_density, sae_quality, sae_training_curve
 from .similarity import layer_matrix, mppc_distributions, mppc_means, paired_mppc
 from .universality import complexity_panels, depth_panels
-from .zoo import loss_by_position, training_curves
+from .zoo import induction_curves, loss_by_position, training_curves
 
-__all__ = ["circuit_diagrams", "complexity_panels", "depth_panels", "effect_bars", "effect_heatmap",
+__all__ = ["circuit_diagrams", "induction_curves", "complexity_panels", "depth_panels", "effect_bars", "effect_heatmap",
            "feature_density", "lag_shares", "layer_matrix", "loss_by_position", "mppc_distributions", "mppc_means",
            "off_by_one_diagram", "offset_profiles", "paired_mppc", "sae_quality", "sae_training_curve",
            "training_curves"]

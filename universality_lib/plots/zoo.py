@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["loss_by_position", "training_curves"]
+__all__ = ["induction_curves", "loss_by_position", "training_curves"]
 
 
 def loss_by_position(curves: dict[str, "np.ndarray"], title: str = "", ylabel: str = "loss (nats)",
@@ -29,6 +29,34 @@ def training_curves(logs: dict[str, list[dict]], key: str = "loss", title: str =
         if rows:
             ax.plot([r["tokens"] for r in rows], [r[key] for r in rows], label=name, lw=1.2)
     return _finish(fig, ax, "training tokens", key, title)
+
+
+# the induction probes that training logs every eval_every steps (zoo.train_model's probe): panel title -> ratio
+INDUCTION_PANELS = {
+    "random tokens (period-64 check)": lambda r: r["repeat_second"] / r["repeat_first"] if "repeat_second" in r else None,
+    "held-out English text": lambda r: r.get("natural_text_ratio"),
+    "held-out code": lambda r: r.get("natural_code_ratio"),
+}
+
+
+def induction_curves(logs: dict[str, list[dict]], threshold: float = 0.5):
+    """Repeat / first-copy loss ratio against tokens seen, one panel per probe (random tokens, held-out English,
+    held-out code), one line per model; the panels a log lacks (a code-only corpus has no English) are left out."""
+    panels = {t: f for t, f in INDUCTION_PANELS.items() if any(f(r) is not None for rows in logs.values() for r in rows)}
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.6 * max(1, len(panels)), 3.2), sharey=True,
+                             squeeze=False)
+    for ax, (title, f) in zip(axes[0], panels.items()):
+        for name, rows in logs.items():
+            pts = [(r["tokens"], f(r)) for r in rows if f(r) is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=name, lw=1.2)
+        ax.axhline(threshold, color="grey", ls=":", lw=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training tokens")
+    axes[0][0].set_ylabel("repeat / first-copy loss")
+    axes[0][0].legend(frameon=False)
+    fig.tight_layout()
+    return fig
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str):
