@@ -93,6 +93,23 @@ def test_a_failing_client_says_what_to_do(tmp_path):
         sources.fetch(sources.get("python-docs"), tmp_path, run=run)
 
 
+def test_stale_apt_lists_are_refreshed_once_then_the_download_retried(tmp_path):
+    archive = _deb(tmp_path / "python3.11-doc.deb", {"./usr/share/doc/x.txt": "x"})
+    src = _pinned(sources.get("python-docs"), archive)
+    calls = []
+
+    def run(cmd, cwd, **kw):
+        calls.append(cmd[:2])
+        if cmd[:2] == ["apt-get", "download"] and ["apt-get", "update"] not in calls:
+            return subprocess.CompletedProcess(cmd, 100, "", "E: Version '3.11.2-6+deb12u9' for 'x' was not found")
+        if cmd[:2] == ["apt-get", "download"]:
+            (Path(cwd) / archive.name).write_bytes(archive.read_bytes())
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    assert sources.fetch(src, tmp_path / "d", run=run).exists()
+    assert calls == [["apt-get", "download"], ["apt-get", "update"], ["apt-get", "download"]]
+
+
 def test_unknown_source_is_one_clear_error():
     with pytest.raises(sources.SourceError, match="unknown text source 'nope'"):
         sources.get("nope")

@@ -254,6 +254,11 @@ def fetch(src: Source, dest: Path, run: Callable[..., subprocess.CompletedProces
     except subprocess.TimeoutExpired as e:
         raise SourceError(f"{src.name}: `{' '.join(cmd)}` did not answer in 10 minutes; {_hint(src)}.") from e
     path = dest / src.filename
+    if src.registry == "apt" and done.returncode != 0 and _stale_package_lists(done):
+        # a fresh machine's package lists may predate the pinned (security) version: refresh them once, as root
+        refresh = run(["apt-get", "update", "-q"], cwd=dest, capture_output=True, text=True, timeout=600)
+        if refresh.returncode == 0:
+            done = run(cmd, cwd=dest, capture_output=True, text=True, timeout=600)
     if done.returncode != 0 or not path.exists():
         err = (done.stderr or done.stdout or "").strip().splitlines()[-1:] or ["no output"]
         raise SourceError(f"{src.name}: `{' '.join(cmd)}` failed ({err[0]}); {_hint(src)}.")
@@ -264,6 +269,12 @@ def fetch(src: Source, dest: Path, run: Callable[..., subprocess.CompletedProces
             f"{src.sha256}. The registry served a different file: it is not used. If the new upload is "
             f"legitimate, review it and update the pin in universality_lib/sources.py.")
     return path
+
+
+def _stale_package_lists(done: subprocess.CompletedProcess) -> bool:
+    """apt-get's answer when its package lists do not know the pinned version (or the package)."""
+    err = f"{done.stderr or ''} {done.stdout or ''}"
+    return any(m in err for m in ("was not found", "Unable to locate package", "Can't find a source to download"))
 
 
 def _key(src: Source) -> str:
