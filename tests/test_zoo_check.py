@@ -53,12 +53,12 @@ def test_loss_ratio_is_the_ratio_of_mean_losses_and_its_verdict_follows_the_tole
 
 
 def test_record_puts_every_criterion_with_its_verdict_in_the_results(tmp_path, monkeypatch):
-    from universality_lib import results
+    from universality_lib import claims, results
 
     monkeypatch.setenv("UNIVERSALITY_RESULTS_DIR", str(tmp_path))
     rows = [zoo_check.Criterion("heldout_loss_ratio", "M/T", 1.01, "within 3% of 1", True, "heldout", 256),
             zoo_check.Criterion("clean_prob_B", "M", 0.01, ">= 0.3", False, "chapter 5 prompts", 512)]
-    assert zoo_check.record(rows) is rows
+    assert claims.record_zoo_check(rows) is rows
     got = {r["name"]: r for r in results.load_chapter()}
     assert got["zoo_heldout_loss_ratio_M_over_T"]["passed"] is True
     assert got["zoo_clean_prob_B_M"]["passed"] is False and got["zoo_clean_prob_B_M"]["value"] == 0.01

@@ -344,3 +344,13 @@ def check(id: str, *, chapter: str | None = None, **inputs) -> Any:
         out[name] = results.record(name, value, claim=k.claim.format(**fill), criterion=k.criterion,
                                    passed=passed, unit=k.unit, chapter=chapter, inputs=plain)
     return next(iter(out.values())) if len(out) == 1 else out
+
+
+def record_zoo_check(rows: list) -> list:
+    """Record every criterion of the zoo's own check (``zoo_check.criteria`` rows) in the chapter's results, as
+    ``zoo_<criterion>_<model>`` with its threshold and ``passed``, so the results file holds each; returns ``rows``.
+    (Here, on the book floor, because ``zoo_check`` sits below ``results``.)"""
+    for r in rows:
+        results.record(f"zoo_{r.criterion}_{r.model.replace('/', '_over_')}", r.value, claim="the zoo's own check",
+                       criterion=r.threshold, passed=r.passed, note=f"{r.split}, n = {r.n}")
+    return rows

@@ -112,17 +112,6 @@ def criteria(preset: "str | Preset", models: dict, n_snippets: int = 100, seq_le
     return out
 
 
-def record(rows: list[Criterion]) -> list[Criterion]:
-    """Record every criterion in the chapter's results (``zoo_<criterion>_<model>``, with threshold and
-    ``passed``), so the results file holds each; returns ``rows``."""
-    from . import results
-
-    for r in rows:
-        results.record(f"zoo_{r.criterion}_{r.model.replace('/', '_over_')}", r.value, claim="the zoo's own check",
-                       criterion=r.threshold, passed=r.passed, note=f"{r.split}, n = {r.n}")
-    return rows
-
-
 def table(rows: list[Criterion]):
     """pandas DataFrame of the criteria, one row each."""
     import pandas as pd
