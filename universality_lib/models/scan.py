@@ -372,9 +372,12 @@ if HAVE_NUMBA:
             gA_part[b, :, e0 : e0 + Eb] = gA
 
     def _set_threads():
-        n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        if numba.get_num_threads() != n:
+        want = torch.get_num_threads()
+        n = max(1, min(want, numba.config.NUMBA_NUM_THREADS))
+        if numba.get_num_threads() != n:  # (the first call starts numba's OpenMP pool)
             numba.set_num_threads(n)
+        if torch.get_num_threads() != want:  # starting that pool resets the OpenMP thread count torch shares
+            torch.set_num_threads(want)
 
     class _NumbaSelectiveScan(torch.autograd.Function):
         """y = scan(x, delta, A, B, C) with the numba forward/backward kernels (see module docstring)."""
