@@ -117,7 +117,7 @@ def test_the_v2_candidate_zoo_was_trained_by_its_preset():
     tok = corpus.load_tokenizer(p)
     for name in ("T", "T2", "M"):
         meta = zoo.train_meta(p, name)
-        assert meta["train"] == json.loads(json.dumps(p.to_dict()["train"])) and meta["steps"] == p.train.tokens // (64 * 128)
+        assert meta["train"] == json.loads(json.dumps(p.to_dict()["train"])) and meta["steps"] == p.train.tokens // (p.train.batch_size * p.train.context)
         assert meta["tokenizer_sha"] == corpus.tokenizer_hash(tok)
         m = zoo.load(p, name)
         assert m.cfg.n_layers == (p.mamba.n_layers if name == "M" else p.transformer.n_layers)

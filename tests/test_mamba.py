@@ -333,12 +333,13 @@ def test_causal_conv1d_matches_torch():
 def test_a_mamba_forward_keeps_torchs_thread_count():
     """numba's OpenMP pool, started by the first fast scan, used to reset the OpenMP thread count torch shares
     (OMP_NUM_THREADS=1 -> 2 threads after one forward pass), so side-by-side training runs oversubscribed."""
+    import os
     import subprocess
     import sys
 
     code = ("import torch\nfrom universality_lib import zoo\nm = zoo.build('smoke', 'M')\n"
             "x = torch.randint(0, 100, (2, 16))\nm(x).sum().backward()\nprint(torch.get_num_threads())")
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "1"

@@ -110,6 +110,16 @@ def test_stale_apt_lists_are_refreshed_once_then_the_download_retried(tmp_path):
     assert calls == [["apt-get", "download"], ["apt-get", "update"], ["apt-get", "download"]]
 
 
+def test_a_client_that_hangs_while_refreshing_apt_lists_is_one_clear_error(tmp_path):
+    def run(cmd, cwd, **kw):
+        if cmd[:2] == ["apt-get", "update"]:
+            raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+        return subprocess.CompletedProcess(cmd, 100, "", "E: Unable to locate package python3.11-doc")
+
+    with pytest.raises(sources.SourceError, match="apt-get update -q` did not answer in 10 minutes"):
+        sources.fetch(sources.get("python-docs"), tmp_path, run=run)
+
+
 def test_unknown_source_is_one_clear_error():
     with pytest.raises(sources.SourceError, match="unknown text source 'nope'"):
         sources.get("nope")

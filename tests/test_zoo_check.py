@@ -66,11 +66,12 @@ def test_record_puts_every_criterion_with_its_verdict_in_the_results(tmp_path, m
 
 def test_induction_curves_draw_one_panel_per_probe_the_logs_have():
     from universality_lib.plots import induction_curves
+    from universality_lib.plots.zoo import INDUCTION_PANELS
 
     code_only = {"T": [{"tokens": 1, "repeat_first": 7.0, "repeat_second": 3.5}, {"tokens": 2, "loss": 3.0}]}
     assert len(induction_curves(code_only).axes) == 1
     mix = {"T": [{"tokens": 1, "repeat_first": 7.0, "repeat_second": 3.5, "natural_text_ratio": 0.9,
                   "natural_code_ratio": 0.8}]}
     fig = induction_curves(mix)
-    assert [a.get_title() for a in fig.axes] == list(__import__("universality_lib.plots.zoo").plots.zoo.INDUCTION_PANELS)
+    assert [a.get_title() for a in fig.axes] == list(INDUCTION_PANELS)
     assert fig.axes[0].lines[0].get_ydata()[0] == 0.5  # the ratio, not the loss

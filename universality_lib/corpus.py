@@ -399,10 +399,9 @@ def token_stream(preset: "str | Preset", split: str = "eval", tokenizer=None, ki
         eot = tok.convert_tokens_to_ids(EOT)
         ids: list[int] = []
         texts = [docs[d] for d in weighted_order(docs, p)] if weighted else list(docs.values())
-        for i in range(0, len(texts), 256):
-            for enc in tok(texts[i:i + 256], add_special_tokens=False)["input_ids"]:
-                ids.append(eot)
-                ids.extend(enc)
+        for enc in _encode(tok, texts):
+            ids.append(eot)
+            ids.extend(enc)
         arr = np.asarray(ids, dtype=np.int32)
         np.save(tmp / "tokens.npy", arr)
         cache.atomic_write_json(tmp / "info.json", {"split": split, "n_tokens": len(arr),
@@ -416,6 +415,12 @@ def token_stream(preset: "str | Preset", split: str = "eval", tokenizer=None, ki
     if stamp is not None:
         _STREAMS[memo_key] = (stream, stamp)
     return TokenStream(tokens=arr, split=split, sha256=stream.sha256, bos_id=stream.bos_id)
+
+
+def _encode(tok, texts: list[str], batch: int = 256) -> Iterator[list[int]]:
+    """The token ids of each text (no special tokens), tokenized ``batch`` texts at a time."""
+    for i in range(0, len(texts), batch):
+        yield from tok(texts[i:i + batch], add_special_tokens=False)["input_ids"]
 
 
 _STREAMS: dict[tuple, tuple[TokenStream, tuple]] = {}  # (cache dir, cache key, split, bos) -> (stream, _stamp)
@@ -473,8 +478,7 @@ def mix_table(preset: "str | Preset", split: str = "lm_train", tokenizer=None) -
     rows = []
     for name, ids in groups.items():
         texts = [docs[d] for d in ids]
-        n_tok = sum(len(e) + 1 for i in range(0, len(texts), 256)  # + 1: the EOT before every document
-                    for e in tok(texts[i:i + 256], add_special_tokens=False)["input_ids"])
+        n_tok = sum(len(e) + 1 for e in _encode(tok, texts))  # + 1: the EOT before every document (token_stream)
         if name == "code":
             genre, licence = "Python source code (standard library)", "PSF-2.0"
             weight = p.corpus.code_weight

@@ -236,7 +236,7 @@ _TINY = Preset(
 # parameters, +7.6%), trained on the English-plus-code mix. Speed on the quiet 2-core CPU (benchmarks/zoo_v2_trials.py,
 # batch 64 x 128, 2 threads): d96 T 9,268 and M 7,699 tokens/s, 2.2x and 1.9x the d128 pair (4,276 / 3,992), but one thread
 # each side by side measured T 4,000 and M 2,780 tokens/s, so 16M tokens per model (T, T2, M in three processes,
-# T / T2 at nice 2 so that M gets most of a core) take about 2 h. The first v2 trial (d128, 12M tokens, a
+# T / T2 at nice 2 so that M gets most of a core) took 95 min (T, T2) and 67 min (M) in session 6. The first v2 trial (d128, 12M tokens, a
 # quarter of the rows random tiles and a quarter natural tiles) had no induction at 9.8M tokens (period-64 check
 # 7.29 / 6.89 for T); the v1 zoo, with half of its rows random tiles, formed induction as its period ramp ended. So
 # half of the rows tile a random sequence (as v1), a quarter tile the row's own natural text (copying real text),

