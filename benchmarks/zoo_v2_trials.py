@@ -33,6 +33,12 @@ OUT = Path(__file__).parent / "results" / "zoo_v2_trials.json"
 CANDIDATES = {  # name: (transformer overrides, mamba overrides)
     "4L/8L d128": (dict(n_layers=4, d_model=128, n_heads=4, d_mlp=512), dict(n_layers=8, d_model=128)),
     "4L/8L d96": (dict(n_layers=4, d_model=96, n_heads=4, d_mlp=384), dict(n_layers=8, d_model=96)),
+    # session 7: M's recall is bounded by its state (d_inner x d_state per block); a larger d_state with the
+    # embedding tied (as Mamba-130M's is) keeps M within 15% of T's parameters
+    "4L/8L d96 N32 tied": (dict(n_layers=4, d_model=96, n_heads=4, d_mlp=384),
+                           dict(n_layers=8, d_model=96, d_state=32, tie_embeddings=True)),
+    "4L/8L d96 N64 tied": (dict(n_layers=4, d_model=96, n_heads=4, d_mlp=384),
+                           dict(n_layers=8, d_model=96, d_state=64, tie_embeddings=True)),
 }
 
 
@@ -68,10 +74,12 @@ def vocab_trial(p, sizes: list[int], sample_bytes: int) -> list[dict]:
     return rows
 
 
-def speed_trial(p, steps: int) -> list[dict]:
+def speed_trial(p, steps: int, only: list[str] | None = None) -> list[dict]:
     tok = corpus.load_tokenizer(presets.get("tiny"))  # speed does not depend on which BPE, only on its size
     rows = []
     for cand, (t_over, m_over) in CANDIDATES.items():
+        if only and cand not in only:
+            continue
         q = p.replace(transformer=presets.dataclasses.replace(p.transformer, **t_over),
                       mamba=presets.dataclasses.replace(p.mamba, **m_over))
         for name in ("T", "M"):
@@ -103,13 +111,16 @@ def main() -> None:
     ap.add_argument("--sample-mb", type=float, default=12.0)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--skip-vocab", action="store_true")
+    ap.add_argument("--only", nargs="+", choices=list(CANDIDATES), help="measure these candidates only")
     args = ap.parse_args()
     p = presets.get("tiny").replace(corpus=presets.MIX_CORPUS)
     out = json.loads(OUT.read_text()) if OUT.exists() else {}
     out["machine"] = f"{platform.machine()} x{os.cpu_count()} ({platform.system()})"
     if not args.skip_vocab:
         out["vocab"] = vocab_trial(p, args.vocab, int(args.sample_mb * 1e6))
-    out["speed"] = speed_trial(p, args.steps)
+    new = speed_trial(p, args.steps, args.only)
+    keep = [r for r in out.get("speed", []) if r["candidate"] not in {r["candidate"] for r in new}]
+    out["speed"] = keep + new
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(out, indent=1) + "\n")
     print("wrote", OUT)

@@ -104,16 +104,15 @@ def test_the_fix_depends_on_where_the_folder_lives(tmp_path, monkeypatch):
     assert "git checkout" not in str(e.value) and "rebuilt" in str(e.value)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_v2"])
-def test_the_shipped_checkpoints_pass_the_full_check(preset):
+def test_the_shipped_checkpoints_pass_the_full_check():
     for name in ("T", "T2", "M", "tokenizer"):
-        cache.verify_manifest(zoo.shipped_dir(preset) / name)
+        cache.verify_manifest(zoo.shipped_dir("tiny") / name)
 
 
-def test_the_v2_candidate_zoo_was_trained_by_its_preset():
+def test_the_shipped_zoo_was_trained_by_its_preset():
     from universality_lib import corpus, presets
 
-    p = presets.get("tiny_v2")
+    p = presets.get("tiny")
     tok = corpus.load_tokenizer(p)
     for name in ("T", "T2", "M"):
         meta = zoo.train_meta(p, name)

@@ -5,7 +5,7 @@ from universality_lib.errors import UniversalityError
 
 
 def test_names_and_default():
-    assert presets.NAMES == ("smoke", "tiny", "paper", "paper_t4", "tiny_v2")
+    assert presets.NAMES == ("smoke", "tiny", "paper", "paper_t4")
     assert presets.get().name == presets.DEFAULT == "tiny"
     for n in presets.NAMES:
         assert presets.get(n).name == n
@@ -18,7 +18,7 @@ def test_unknown_preset_is_one_clear_error(bad):
         presets.get(bad)
 
 
-@pytest.mark.parametrize("name", ["tiny", "paper", "tiny_v2"])
+@pytest.mark.parametrize("name", ["tiny", "paper"])
 def test_mamba_has_twice_the_layers_and_same_width(name):
     p = presets.get(name)
     assert p.mamba.n_layers == 2 * p.transformer.n_layers

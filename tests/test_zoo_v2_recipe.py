@@ -43,11 +43,11 @@ def test_natural_frac_zero_is_the_v1_curriculum():
 
 
 def test_v2_zoo_keeps_the_paper_depth_ratio_and_close_parameter_counts():
-    p = presets.TINY_V2
+    p = presets.get("tiny")
     assert p.mamba.n_layers == 2 * p.transformer.n_layers and p.transformer.n_layers >= 4
     from universality_lib.corpus import load_tokenizer
 
-    tok = load_tokenizer("tiny")  # the count depends on the vocabulary size only (4,096 in v1 and v2)
+    tok = load_tokenizer("tiny")
     q = p.replace(corpus=dataclasses.replace(p.corpus, vocab_size=len(tok)))
     n = {name: sum(t.numel() for t in zoo.build(q, name, tokenizer=tok).parameters()) for name in ("T", "M")}
     assert abs(n["M"] / n["T"] - 1) <= 0.15

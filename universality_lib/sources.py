@@ -283,6 +283,11 @@ def _key(src: Source) -> str:
     return cache.stable_hash({"source": src.spec(), "extract": src.extract.__name__, "v": 1})
 
 
+def is_cached(name: str) -> bool:
+    """Whether source ``name`` is fetched, extracted and verified in the cache (reading it downloads nothing)."""
+    return cache.verified_folder("sources", _key(get(name)), verbose=False) is not None
+
+
 def documents(name: str, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> dict[str, str]:
     """``{doc id: text}`` of one source, sorted by id: fetched, verified and extracted on first use, then
     read from the verified cache."""
