@@ -234,10 +234,11 @@ _TINY = Preset(
                       repeat_ramp_frac=0.3, repeat_natural_frac=1 / 3, log_every=50, eval_every=100,
                       checkpoint_every=100),
     shipped=True,
-    # L0 steered to 9% of the dictionary for every SAE (a fixed λ = 1 gave 2.2% to 9.1% across layers and
-    # families; the λ that reach one L0 differ 12x). 1.5M tokens keeps all 14 SAEs under 20 minutes on 2 cores
-    # (measured 18.2 min, shared machine). At a 7.5% target the untrained M0's last block reached FVE 0.78 only;
-    # at 9% it reaches 0.82 (T layer 1: 0.85 at 7.5%).
+    # L0 steered to 9% of the dictionary for every SAE (on the v1 zoo a fixed λ = 1 gave 2.2% to 9.1% across layers
+    # and families; the λ that reach one L0 differ 12x). 1.5M tokens kept the v1 zoo's 14 SAEs under 20 minutes on
+    # 2 cores (18.2 min); the v2 zoo's 28 (twice the blocks) took 20.5 min in session 7's fresh book run. On v1, at a
+    # 7.5% target the untrained M0's last block reached FVE 0.78 only, at 9% 0.82; on v2, M0's blocks 3-7 reach
+    # 0.80-0.75 at 9% (the trained models' lowest is 0.80).
     sae=SAEConfig(expansion_factor=16, l1_coefficient=0.5, l0_target=0.09, l0_gain=0.04,
                   training_tokens=1_500_000, batch_tokens=2048, lr=1e-3, context=128, eval_tokens=50_000, workers=2),
     mppc_tokens=200_000,
