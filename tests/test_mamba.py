@@ -117,14 +117,15 @@ def test_hooks_match_mamba_lens(hf_tied, model):
 
 
 # ------------------------------------------------------------------------------------------ scans
-def _scan_inputs(Bsz, L, E, N, dtype, seed=0):
+def _scan_inputs(b, L, E, N, dtype, seed=0):
+    """x [b, L, E], delta [b, L, E], A [E, N], B [b, L, N], C [b, L, N] (b: batch), each requiring grad."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(Bsz, L, E, generator=g, dtype=dtype)
-    delta = torch.nn.functional.softplus(torch.randn(Bsz, L, E, generator=g, dtype=dtype) - 1)
+    x = torch.randn(b, L, E, generator=g, dtype=dtype)
+    delta = torch.nn.functional.softplus(torch.randn(b, L, E, generator=g, dtype=dtype) - 1)
     A = -torch.exp(0.5 * torch.randn(E, N, generator=g, dtype=dtype))
-    Bm = torch.randn(Bsz, L, N, generator=g, dtype=dtype)
-    C = torch.randn(Bsz, L, N, generator=g, dtype=dtype)
-    return [t.requires_grad_() for t in (x, delta, A, Bm, C)]
+    B = torch.randn(b, L, N, generator=g, dtype=dtype)
+    C = torch.randn(b, L, N, generator=g, dtype=dtype)
+    return [t.requires_grad_() for t in (x, delta, A, B, C)]
 
 
 @pytest.mark.skipif(not S.HAVE_NUMBA, reason="numba not importable")
