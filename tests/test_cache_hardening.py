@@ -116,7 +116,13 @@ def test_the_shipped_zoo_was_trained_by_its_preset():
     tok = corpus.load_tokenizer(p)
     for name in ("T", "T2", "M"):
         meta = zoo.train_meta(p, name)
-        assert meta["train"] == json.loads(json.dumps(p.to_dict()["train"])) and meta["steps"] == p.train.tokens // (p.train.batch_size * p.train.context)
+        recipe, trained = json.loads(json.dumps(p.to_dict()["train"])), meta["train"]
+        assert all(trained[k] == recipe[k] for k in trained) and set(trained) <= set(recipe)
+        # the shipped models were trained before the Mamba-only pair rows existed: the field may be missing where it
+        # cannot change the batches (a Transformer, or a recipe without pair rows)
+        may_lack = {"mamba_pair_frac"} if name != "M" or not recipe["mamba_pair_frac"] else set()
+        assert set(recipe) - set(trained) <= may_lack
+        assert meta["steps"] == p.train.tokens // (p.train.batch_size * p.train.context)
         assert meta["tokenizer_sha"] == corpus.tokenizer_hash(tok)
         m = zoo.load(p, name)
         assert m.cfg.n_layers == (p.mamba.n_layers if name == "M" else p.transformer.n_layers)

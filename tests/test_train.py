@@ -112,3 +112,32 @@ def test_mamba_lr_applies_to_the_mamba_only():
     assert peak_lr(cfg, m) == 4e-3 and peak_lr(cfg, t) == 1e-3
     assert peak_lr(TrainConfig(lr=1e-3), m) == 1e-3
     assert lr_at(0, 10, cfg, 4e-3) == 4e-3
+
+
+def test_pair_rows_copy_one_short_span_per_window_and_only_for_the_mamba():
+    from dataclasses import replace
+
+    from universality_lib.models.mamba import HookedMamba, MambaConfig
+    from universality_lib.models.transformer import make_transformer
+    from universality_lib.presets import get
+    from universality_lib.train import add_pair_rows, add_repeats, pair_frac
+
+    vocab = torch.arange(100, 1100)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        row = add_pair_rows(127, 64, vocab, g)
+        assert row.shape == (127,) and bool(((row >= 100) & (row < 1100)).all())
+        for start, w in ((0, 64), (64, 63)):  # each window: a pair of tokens recurs at least 2 tokens later
+            win = row[start:start + w].tolist()
+            assert any(win[i:i + 2] == win[j:j + 2] for i in range(w - 1) for j in range(i + 2, w - 1))
+    cfg = replace(get("tiny").train, mamba_pair_frac=0.5)
+    batch = torch.randint(0, 5000, (64, 128))
+    plain = add_repeats(batch, cfg, vocab, step=900, total=1000)
+    paired = add_repeats(batch, cfg, vocab, step=900, total=1000, pair_frac=0.5)
+    n = round(cfg.repeat_frac * 64)
+    n_random = n - round(cfg.repeat_natural_frac * n)
+    changed = (paired != plain).any(1).nonzero().flatten().tolist()
+    assert changed == list(range(n - n_random // 2, n))  # the last half of the random tiles, nothing else
+    m = HookedMamba(MambaConfig(d_model=16, n_layers=1, d_vocab=50))
+    t = make_transformer(get("smoke").transformer, 50, seed=0)
+    assert pair_frac(cfg, m) == 0.5 and pair_frac(cfg, t) == 0.0

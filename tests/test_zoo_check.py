@@ -75,3 +75,30 @@ def test_induction_curves_draw_one_panel_per_probe_the_logs_have():
     fig = induction_curves(mix)
     assert [a.get_title() for a in fig.axes] == list(INDUCTION_PANELS)
     assert fig.axes[0].lines[0].get_ydata()[0] == 0.5  # the ratio, not the loss
+
+
+class _Inductor(_Planted):
+    """At every position, predicts the token after the previous occurrence of the current token (``start_only``:
+    only when that occurrence is the first token after BOS, the shortcut a model trained on tiled rows can learn)."""
+
+    def __init__(self, tokenizer, start_only: bool = False):
+        super().__init__(tokenizer, S=0)
+        self.start_only = start_only
+
+    def forward(self, x, return_type="logits"):
+        logits = torch.zeros(*x.shape, self.vocab)
+        for r in range(len(x)):
+            for i in range(x.shape[1]):
+                earlier = (x[r, :i] == x[r, i]).nonzero().flatten()
+                if len(earlier) and (not self.start_only or int(earlier[-1]) == 1):
+                    logits[r, i, x[r, int(earlier[-1]) + 1]] = 30.0
+        return logits
+
+
+def test_prob_B_by_gap_tells_induction_from_copying_the_row_start():
+    tok = corpus.load_tokenizer("smoke")
+    table = zoo_check.prob_B_by_gap({"ind": _Inductor(tok), "start": _Inductor(tok, start_only=True)}, "smoke",
+                                    width=8)
+    assert table["prompts"].sum() == zoo_check._prompt_probs(_Inductor(tok), "smoke")[1].tokens.shape[0]
+    assert (table["ind"] > 0.99).all()  # every gap
+    assert table["start"].iloc[-1] > 0.1 and (table["start"].iloc[:-1] < 0.01).all()  # only the largest gaps

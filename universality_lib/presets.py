@@ -102,6 +102,11 @@ class TrainConfig:
     # "sequence" mode: this fraction of the repeated rows tiles the row's own first tokens (natural text) instead of
     # random tokens, so that a model learns to copy real text, not only random sequences (zoo v2)
     repeat_natural_frac: float = 0.0
+    # the Mamba only (as ``mamba_lr``): this fraction of the *random* repeated rows becomes "pair rows" instead: random
+    # tokens in windows of ``repeat_span``, each window holding one short random span (2 to 8 tokens, so often a lone
+    # A B pair) at a random offset and its copy a random gap later: chapter 5's prompt shape, where the first
+    # occurrence is not at the row's start (train.add_pair_rows; tried in session 8: recipe_trials.json)
+    mamba_pair_frac: float = 0.0
     data_seed: int = 1234
 
 

@@ -9,9 +9,11 @@ Curriculum (disclosed in the book): with ``repeat_frac > 0``, that fraction of t
 carries ``repeat_span`` random tokens (drawn from the corpus' frequent tokens) that repeat: either the
 whole row is that span tiled (``repeat_mode="sequence"``: the paper's induction task itself) or the span
 is placed twice at random offsets inside a natural-text row (``"span"``); in "sequence" mode a share
-``repeat_natural_frac`` of those rows tiles the row's own first tokens instead (copying real text). The
-other rows are natural text. This gives small models enough repeated structure to form induction circuits in a CPU budget
-(see the zoo section of chapter 1 and the zoo issue's note for what was tried).
+``repeat_natural_frac`` of those rows tiles the row's own first tokens instead (copying real text). For a
+Mamba, a share ``mamba_pair_frac`` of the random rows are pair rows instead (:func:`add_pair_rows`: a short
+span and its copy at random offsets among random tokens). The other rows are natural text. This gives small
+models enough repeated structure to form induction circuits in a CPU budget (see the zoo section of chapter 1
+and the zoo issue's note for what was tried).
 """
 from __future__ import annotations
 
@@ -45,6 +47,13 @@ def peak_lr(cfg: TrainConfig, model) -> float:
     return cfg.mamba_lr if cfg.mamba_lr is not None and family(model) == "mamba" else cfg.lr
 
 
+def pair_frac(cfg: TrainConfig, model) -> float:
+    """``cfg.mamba_pair_frac`` for a Mamba, 0 for a Transformer (pair rows are a Mamba-only curriculum row)."""
+    from .models import family
+
+    return cfg.mamba_pair_frac if family(model) == "mamba" else 0.0
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig, peak: float | None = None) -> float:
     """Linear warmup over ``warmup_steps``, then cosine from ``peak`` (default ``cfg.lr``) down to
     ``min_lr_frac * peak``."""
@@ -65,10 +74,12 @@ def max_period(cfg: TrainConfig, step: int, total: int) -> int:
 
 
 def add_repeats(batch: torch.Tensor, cfg: TrainConfig, vocab: torch.Tensor, step: int,
-                total: int | None = None) -> torch.Tensor:
+                total: int | None = None, pair_frac: float = 0.0) -> torch.Tensor:
     """Put repeated random tokens into ``repeat_frac`` of the rows (deterministic in ``step``).
 
-    ``total``: the run's number of steps (for the period ramp; None: no ramp)."""
+    ``total``: the run's number of steps (for the period ramp; None: no ramp). ``pair_frac``: the share of the random
+    "sequence" rows (the last ones) that become pair rows (:func:`add_pair_rows`; ``cfg.mamba_pair_frac`` for a
+    Mamba, 0 for a Transformer, whose batches are then exactly those of a run without pair rows)."""
     if cfg.repeat_frac <= 0:
         return batch
     B, T = batch.shape
@@ -85,7 +96,8 @@ def add_repeats(batch: torch.Tensor, cfg: TrainConfig, vocab: torch.Tensor, step
         hi = max_period(cfg, step, total) if total else S
         lo = min(max(1, cfg.repeat_min_period), hi)
         n_natural = int(round(cfg.repeat_natural_frac * n))  # the first rows of the n copy the row's own text
-        for r in range(n):
+        n_pair = int(round(pair_frac * (n - n_natural)))  # the last rows of the n: pair rows
+        for r in range(n - n_pair):
             # a random period per row: a fixed period lets a model copy from a fixed offset instead of
             # doing induction (measured: trained at period 63 only, a 2-layer T failed the period-64 check);
             # short periods first (the ramp) give a Mamba a gradient toward copying (measured: without them
@@ -96,6 +108,8 @@ def add_repeats(batch: torch.Tensor, cfg: TrainConfig, vocab: torch.Tensor, step
             else:
                 span = vocab[torch.randint(0, len(vocab), (S_r,), generator=g)]
             batch[r, 1:] = span.repeat(-(-(T - 1) // S_r))[:T - 1]
+        for r in range(n - n_pair, n):
+            batch[r, 1:] = add_pair_rows(T - 1, S, vocab, g)
         return batch
     for r in range(n):
         span = vocab[torch.randint(0, len(vocab), (S,), generator=g)]
@@ -104,6 +118,22 @@ def add_repeats(batch: torch.Tensor, cfg: TrainConfig, vocab: torch.Tensor, step
         batch[r, a:a + S] = span
         batch[r, b:b + S] = span
     return batch
+
+
+def add_pair_rows(length: int, window: int, vocab: torch.Tensor, g: torch.Generator,
+                  min_span: int = 2, max_span: int = 8) -> torch.Tensor:
+    """One pair row: LongTensor [length] of random ``vocab`` tokens, cut into windows of ``window`` tokens; in each
+    window a random span of ``s`` in [min_span, max_span] tokens sits at a random offset and again ``gap`` tokens
+    later, the gap uniform in [s, window - s] (chapter 5's prompt has one A B pair in 64 random tokens; here the first
+    copy is anywhere, not at the row's start as in a tiled row)."""
+    row = vocab[torch.randint(0, len(vocab), (length,), generator=g)]
+    for start in range(0, length - 2 * max_span + 1, window):
+        w = min(window, length - start)
+        s = int(torch.randint(min_span, max_span + 1, (1,), generator=g))
+        gap = int(torch.randint(s, w - s + 1, (1,), generator=g))
+        a = start + int(torch.randint(0, w - gap - s + 1, (1,), generator=g))
+        row[a + gap:a + gap + s] = row[a:a + s]
+    return row
 
 
 @dataclass
@@ -159,7 +189,7 @@ def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, re
 
     model.to(device).train()
     total = max(1, cfg.tokens // (cfg.batch_size * cfg.context))
-    peak = peak_lr(cfg, model)
+    peak, pairs = peak_lr(cfg, model), pair_frac(cfg, model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         # no decay on embeddings, biases, norms, and Mamba's A_log and D (as mamba_ssm's _no_weight_decay)
@@ -192,7 +222,7 @@ def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, re
             lr = lr_at(state.step, total, cfg, peak)
             for group in opt.param_groups:
                 group["lr"] = lr
-            batch = add_repeats(next(batches), cfg, repeat_vocab, state.step, total).to(device)
+            batch = add_repeats(next(batches), cfg, repeat_vocab, state.step, total, pairs).to(device)
             with autocast:
                 loss = model(batch, return_type="loss")
             if not torch.isfinite(loss):

@@ -12,6 +12,8 @@ them, and ``python -m universality_lib train`` prints them when the zoo is done.
 ``clean_prob_B``                chapter 5's induction prompts (circuits.task): M's mean p(B) on clean prompts >= 0.3
 ==============================  ==================================================================================
 
+:func:`prob_B_by_gap` is a diagnostic beside the criteria: p(B) of the same prompts by the distance to copy.
+
 A preset without a ``heldout`` split (``smoke``: code only, no download) measures the loss and the code ratio on
 its ``eval`` split instead and says so in the row's ``split``; it has no English text, so that row is skipped.
 """
@@ -59,19 +61,48 @@ def heldout_loss(model, preset: "str | Preset", n_rows: int = 256, context: int 
     return float(per_position_loss(model, rows).mean()), len(rows)
 
 
-def clean_prob_B(model, preset: "str | Preset") -> tuple[float, int]:
-    """Mean p(B) at the last position of chapter 5's clean induction prompts, and the number of prompts."""
+def _prompt_probs(model, preset: "str | Preset"):
+    """(p(B) per prompt [n], the prompts): chapter 5's clean induction prompts, read at the last position."""
     from .circuits.task import make_prompts, target_scores, task_config, task_vocab
 
     p = get_preset(preset)
-    cfg = task_config(p)
-    prompts = make_prompts(task_vocab(p, model.tokenizer), cfg, bos_id=model.tokenizer.bos_token_id)
+    prompts = make_prompts(task_vocab(p, model.tokenizer), task_config(p), bos_id=model.tokenizer.bos_token_id)
     probs = []
     dev = model_device(model)
     with torch.no_grad():
         for batch in prompts.batches():
-            probs.append(target_scores(model(batch.tokens.to(dev), return_type="logits"), batch.b)[1])
-    return float(torch.cat(probs).mean()), len(prompts)
+            probs.append(target_scores(model(batch.tokens.to(dev), return_type="logits"), batch.b)[1].cpu())
+    return torch.cat(probs), prompts
+
+
+def clean_prob_B(model, preset: "str | Preset") -> tuple[float, int]:
+    """Mean p(B) at the last position of chapter 5's clean induction prompts, and the number of prompts."""
+    probs, prompts = _prompt_probs(model, preset)
+    return float(probs.mean()), len(prompts)
+
+
+def prob_B_by_gap(models: dict, preset: "str | Preset", width: int = 8):
+    """A diagnostic, not a criterion: mean p(B) of chapter 5's clean prompts binned by the gap from the first A to
+    the final A (tokens), one column per model. pandas DataFrame indexed by gap bin, with the prompts per bin.
+
+    A model that does induction copies B whatever the gap; one that has learned to copy from the start of its
+    row (tiled training rows always begin there) does so only for the largest gaps, where A is among the first
+    tokens after BOS."""
+    import pandas as pd
+
+    cols, counts = {}, None
+    for name, model in models.items():
+        probs, prompts = _prompt_probs(model, preset)
+        gap = prompts.last - prompts.pos_a  # [n]
+        lo = (gap // width) * width
+        df = pd.DataFrame({"gap": [f"{a}-{a + width - 1}" for a in lo.tolist()], "lo": lo.tolist(),
+                           "p": probs.tolist()})
+        grouped = df.groupby(["lo", "gap"])["p"]
+        cols[name] = grouped.mean()
+        counts = grouped.size()
+    out = pd.DataFrame({"prompts": counts, **cols}).reset_index(level="lo", drop=True)
+    out.index.name = "gap (tokens)"
+    return out
 
 
 def criteria(preset: "str | Preset", models: dict, n_snippets: int = 100, seq_len: int = 64,

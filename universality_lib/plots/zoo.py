@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["induction_curves", "loss_by_position", "training_curves"]
+__all__ = ["induction_curves", "loss_by_position", "prob_by_gap", "training_curves"]
 
 
 def loss_by_position(curves: dict[str, "np.ndarray"], title: str = "", ylabel: str = "loss (nats)",
@@ -57,6 +57,19 @@ def induction_curves(logs: dict[str, list[dict]], threshold: float = 0.5):
     axes[0][0].legend(frameon=False)
     fig.tight_layout()
     return fig
+
+
+def prob_by_gap(table, threshold: float | None = None, title: str = "clean p(B) by the distance to copy"):
+    """One line per model: mean p(B) of chapter 5's prompts in each gap bin (``zoo_check.prob_B_by_gap``'s table)."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    x = np.arange(len(table))
+    for name in [c for c in table.columns if c != "prompts"]:
+        ax.plot(x, table[name].to_numpy(dtype=float), marker="o", label=name, lw=1.5)
+    if threshold is not None:
+        ax.axhline(threshold, color="grey", ls=":", lw=1)
+    ax.set_xticks(x, [f"{g}\n({n})" for g, n in zip(table.index, table["prompts"])], fontsize=8)
+    ax.set_ylim(0, 1)
+    return _finish(fig, ax, "tokens from the first A to the final A (prompts)", "mean p(B)", title)
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str):
