@@ -277,6 +277,11 @@ def test_tokenizer(tmp_path):
     batch = m.to_tokens(["the cat", "hello world and a dog"])
     assert batch.shape[0] == 2
     assert torch.allclose(m("the cat sat"), m(t))
+    assert m("").shape == (1, 1, len(tok))  # an empty string is BOS alone: logits, but no next-token loss
+    with pytest.raises(UniversalityError, match="at least 2 tokens"):
+        m("", return_type="loss")
+    with pytest.raises(UniversalityError, match="0 tokens"):
+        m(torch.zeros(1, 0, dtype=torch.long))
     bare = HookedMamba(MambaConfig(d_model=16, n_layers=1, d_vocab=10, seed=0))
     with pytest.raises(UniversalityError, match="no tokenizer"):
         bare.to_tokens("x")

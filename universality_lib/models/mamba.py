@@ -326,6 +326,11 @@ class HookedMamba(HookedRootModule):
         tokens = (tokens.unsqueeze(0) if tokens.dim() == 1 else tokens).to(self.embed.weight.device).long()  # [b,l]
         if return_type not in ("logits", "loss", "both", None):
             raise UniversalityError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        if tokens.shape[1] == 0:
+            raise UniversalityError("HookedMamba.forward got 0 tokens per row: give at least one token")
+        if return_type in ("loss", "both") and tokens.shape[1] < 2:
+            raise UniversalityError(f"a next-token loss needs at least 2 tokens per row, got {tokens.shape[1]} (an "
+                                    f"empty string is only BOS): give longer input, or return_type='logits'")
         exact = self._resolve_scan(scan, tokens.shape[1])
         if exact:
             self._check_state_hooks(tokens.shape[1])
