@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from universality_lib import corpus, presets, zoo
+from universality_lib.errors import UniversalityError
 from universality_lib.presets import TrainConfig
 from universality_lib.train import add_repeats, lr_at, read_log, train
 
@@ -114,13 +115,11 @@ def test_mamba_lr_applies_to_the_mamba_only():
     assert lr_at(0, 10, cfg, 4e-3) == 4e-3
 
 
-def test_pair_rows_copy_one_short_span_per_window_and_only_for_the_mamba():
+def test_pair_rows_copy_one_short_span_per_window_in_the_last_random_rows():
     from dataclasses import replace
 
-    from universality_lib.models.mamba import HookedMamba, MambaConfig
-    from universality_lib.models.transformer import make_transformer
     from universality_lib.presets import get
-    from universality_lib.train import add_pair_rows, add_repeats, pair_frac
+    from universality_lib.train import add_pair_rows
 
     vocab = torch.arange(100, 1100)
     g = torch.Generator().manual_seed(0)
@@ -130,14 +129,69 @@ def test_pair_rows_copy_one_short_span_per_window_and_only_for_the_mamba():
         for start, w in ((0, 64), (64, 63)):  # each window: a pair of tokens recurs at least 2 tokens later
             win = row[start:start + w].tolist()
             assert any(win[i:i + 2] == win[j:j + 2] for i in range(w - 1) for j in range(i + 2, w - 1))
-    cfg = replace(get("tiny").train, mamba_pair_frac=0.5)
+    cfg = get("tiny").train
     batch = torch.randint(0, 5000, (64, 128))
     plain = add_repeats(batch, cfg, vocab, step=900, total=1000)
-    paired = add_repeats(batch, cfg, vocab, step=900, total=1000, pair_frac=0.5)
+    assert torch.equal(plain, add_repeats(batch, replace(cfg, repeat_pair_frac=0.0, pair_max_span=20), vocab, 900,
+                                          1000))  # no pair rows: the span setting changes nothing
+    paired = add_repeats(batch, replace(cfg, repeat_pair_frac=0.5), vocab, step=900, total=1000)
     n = round(cfg.repeat_frac * 64)
     n_random = n - round(cfg.repeat_natural_frac * n)
     changed = (paired != plain).any(1).nonzero().flatten().tolist()
     assert changed == list(range(n - n_random // 2, n))  # the last half of the random tiles, nothing else
-    m = HookedMamba(MambaConfig(d_model=16, n_layers=1, d_vocab=50))
-    t = make_transformer(get("smoke").transformer, 50, seed=0)
-    assert pair_frac(cfg, m) == 0.5 and pair_frac(cfg, t) == 0.0
+    with pytest.raises(UniversalityError, match="pair_max_span"):
+        add_repeats(batch, replace(cfg, repeat_pair_frac=0.5, pair_max_span=40), vocab, step=0, total=1000)
+
+
+def test_tile_offsets_move_the_first_copy_away_from_bos():
+    from dataclasses import replace
+
+    from universality_lib.presets import get
+
+    vocab = torch.arange(100, 1100)
+    cfg = replace(get("tiny").train, repeat_pair_frac=0.0)
+    batch = torch.randint(2000, 5000, (64, 128))  # natural text drawn apart from the random tokens' vocabulary
+    n = round(cfg.repeat_frac * 64)
+    n_natural = round(cfg.repeat_natural_frac * n)
+
+    def first_periodic(row):  # the first position from which the row repeats with a period <= 64
+        return next(o for o in range(len(row))
+                    if any(torch.equal(row[o + k:], row[o:-k]) for k in range(1, min(65, len(row) - o))))
+
+    plain = add_repeats(batch, cfg, vocab, step=900, total=1000)
+    assert {first_periodic(r[1:]) for r in plain[n_natural:n]} == {0}  # 0: every copy starts right after BOS
+    moved = add_repeats(batch, replace(cfg, tile_offset_max=32), vocab, step=900, total=1000)
+    offs = [first_periodic(r[1:]) for r in moved[:n]]
+    assert max(offs) <= 32 and len(set(offs)) > 5  # random starts in [0, 32], not one shortcut position
+    for r, o in zip(range(n_natural, n), offs[n_natural:]):  # random rows: a random prefix, then the tiles
+        assert bool(((moved[r, 1:] >= 100) & (moved[r, 1:] < 1100)).all())
+    for r, o in zip(range(n_natural), offs[:n_natural]):  # natural rows: the row's own text, then its tiles
+        assert torch.equal(moved[r, :1 + o], batch[r, :1 + o])
+    assert torch.equal(moved[n:], batch[n:])  # the natural-text rows are untouched
+    with pytest.raises(UniversalityError, match="tile_offset_max"):
+        add_repeats(batch, replace(cfg, tile_offset_max=-1), vocab, step=0, total=1000)
+
+
+def test_a_mamba_trains_with_its_own_curriculum_fields():
+    cfg = TrainConfig(lr=1e-3, mamba_lr=4e-3, tile_offset_max=0, mamba_tile_offset_max=32,
+                      mamba_repeat_pair_frac=0.5)
+    m, t = cfg.for_family("mamba"), cfg.for_family("transformer")
+    assert (m.lr, m.tile_offset_max, m.repeat_pair_frac) == (4e-3, 32, 0.5)
+    assert t == cfg and (t.lr, t.tile_offset_max, t.repeat_pair_frac) == (1e-3, 0, 0.0)
+    assert TrainConfig(lr=1e-3).for_family("mamba") == TrainConfig(lr=1e-3)  # nothing set: the shared fields
+    with pytest.raises(UniversalityError, match="family"):
+        cfg.for_family("rwkv")
+
+
+def test_the_curriculum_sentence_names_the_mambas_own_fields():
+    from universality_lib.presets import get
+    from universality_lib.train import describe_curriculum
+
+    cfg = TrainConfig(repeat_frac=0.5, repeat_span=32, repeat_mode="sequence", repeat_natural_frac=0.25)
+    plain = describe_curriculum(cfg)
+    assert "**50%**" in plain and "[1, 32]" in plain and "25%" in plain and "Mamba" not in plain
+    mamba = describe_curriculum(TrainConfig(**{**cfg.__dict__, "mamba_tile_offset_max": 16,
+                                               "mamba_repeat_pair_frac": 0.5}))
+    assert mamba.startswith(plain) and "for the Mamba only" in mamba and "0 to 16" in mamba and "pair rows" in mamba
+    assert "no curriculum" in describe_curriculum(TrainConfig())
+    assert describe_curriculum(get("smoke").train)  # every preset's recipe has a sentence

@@ -95,10 +95,19 @@ class _Inductor(_Planted):
         return logits
 
 
-def test_prob_B_by_gap_tells_induction_from_copying_the_row_start():
+def test_prob_B_by_prefix_tells_induction_from_copying_the_row_start():
+    from universality_lib.circuits.task import insert_prefix, make_prompts, task_config, task_vocab
+    from universality_lib.errors import UniversalityError
+
     tok = corpus.load_tokenizer("smoke")
-    table = zoo_check.prob_B_by_gap({"ind": _Inductor(tok), "start": _Inductor(tok, start_only=True)}, "smoke",
-                                    width=8)
-    assert table["prompts"].sum() == zoo_check._prompt_probs(_Inductor(tok), "smoke")[1].tokens.shape[0]
-    assert (table["ind"] > 0.99).all()  # every gap
-    assert table["start"].iloc[-1] > 0.1 and (table["start"].iloc[:-1] < 0.01).all()  # only the largest gaps
+    table = zoo_check.prob_B_by_prefix({"ind": _Inductor(tok), "start": _Inductor(tok, start_only=True)}, "smoke",
+                                       n_prompts=16)
+    assert table.index[0] == 0 and len(table) >= 3
+    assert (table["ind"] > 0.99).all()  # whatever comes before A
+    assert table["start"].iloc[0] > 0.99 and (table["start"].iloc[1:] < 0.01).all()  # only when A opens the row
+    with pytest.raises(UniversalityError, match="n_ctx"):
+        zoo_check.prob_B_by_prefix({"ind": _Inductor(tok)}, "smoke", prefixes=(0, 60), gap=32)
+    base = make_prompts(task_vocab("smoke", tok), task_config("smoke", n_prompts=8), bos_id=tok.bos_token_id)
+    moved = insert_prefix(base, 5)
+    assert torch.equal(moved.tokens[:, 6:], base.tokens[:, 1:]) and torch.equal(moved.pos_a, base.pos_a + 5)
+    assert not (moved.tokens[:, 1:6] == base.a[:, None]).any() and bool((moved.tokens[:, 0] == tok.bos_token_id).all())

@@ -16,7 +16,7 @@ Glossary: ``L`` layers, ``D`` d_model, ``E`` d_inner (= expand * D), ``N`` d_sta
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import UniversalityError
@@ -102,12 +102,32 @@ class TrainConfig:
     # "sequence" mode: this fraction of the repeated rows tiles the row's own first tokens (natural text) instead of
     # random tokens, so that a model learns to copy real text, not only random sequences (zoo v2)
     repeat_natural_frac: float = 0.0
-    # the Mamba only (as ``mamba_lr``): this fraction of the *random* repeated rows becomes "pair rows" instead: random
-    # tokens in windows of ``repeat_span``, each window holding one short random span (2 to 8 tokens, so often a lone
-    # A B pair) at a random offset and its copy a random gap later: chapter 5's prompt shape, where the first
-    # occurrence is not at the row's start (train.add_pair_rows; tried in session 8: recipe_trials.json)
-    mamba_pair_frac: float = 0.0
+    # "sequence" mode: this fraction of the *random* repeated rows becomes "pair rows" instead: random tokens in windows
+    # of ``repeat_span``, each window holding one random span of 2 to ``pair_max_span`` tokens (so often a lone A B
+    # pair) at a random offset and its copy a random gap later: chapter 5's prompt shape, where the first occurrence
+    # is not at the row's start, as it always is in a tiled row (train.add_pair_rows; trials: recipe_trials.json)
+    repeat_pair_frac: float = 0.0
+    pair_max_span: int = 8
+    # "sequence" mode: a tiled row's first copy starts after a random number of tokens in [0, tile_offset_max] (the
+    # row's own text, or random tokens in a random row) instead of right after BOS, so that copying from the row's
+    # start does not pay (train.add_repeats); 0: every first copy starts at position 1, the batches of earlier recipes
+    tile_offset_max: int = 0
     data_seed: int = 1234
+    # a Mamba's own curriculum where it differs from the Transformer's (None: the shared value above; mamba_lr, above,
+    # is the same kind of field); resolved by :meth:`for_family`
+    mamba_tile_offset_max: int | None = None
+    mamba_repeat_pair_frac: float | None = None
+
+    def for_family(self, family: str) -> "TrainConfig":
+        """The config one family trains with: for a ``"mamba"`` every ``mamba_<field>`` that is set replaces
+        ``<field>``; a ``"transformer"`` trains with the shared fields."""
+        if family not in ("transformer", "mamba"):
+            raise UniversalityError(f"family {family!r}: choose 'transformer' or 'mamba'")
+        if family != "mamba":
+            return self
+        over = {f.name[len("mamba_"):]: getattr(self, f.name) for f in fields(self)
+                if f.name.startswith("mamba_") and getattr(self, f.name) is not None}
+        return replace(self, **over)
 
 
 @dataclass(frozen=True)
@@ -232,7 +252,10 @@ _TINY = Preset(
     # period-64 ratio of 0.53 at 16M tokens (session 6; recipe_trials.json). The embedding is tied, as Mamba-130M's
     # is, which keeps M within 15% of T (1.16M vs 1.24M parameters); measured 0.85x the d_state-16 M's speed. Trained in
     # session 7 alone on the 2 cores (2 threads): 48 min. Held-out natural-text ratio 0.36 (English) / 0.44 (code), period-64
-    # check 0.22; still short of the zoo check on the loss (M / T 1.036) and on chapter 5's clean p(B) (0.033).
+    # check 0.22; still short of the zoo check on the loss (M / T 1.036) and on chapter 5's clean p(B) (0.033), which
+    # it predicts only when A is among the first tokens after BOS (zoo_check.prob_B_by_gap): every tiled row's first
+    # copy starts there (T and T2 lean on the same shortcut, less). Pair rows (repeat_pair_frac) are the mechanism
+    # tried against it, so far only by fine-tuning the shipped models (benchmarks/zoo_pb_trials.py).
     mamba=MambaSize(n_layers=8, d_model=96, d_state=64, tie_embeddings=True),
     train=TrainConfig(tokens=16_000_000, batch_size=64, context=128, lr=2e-3, mamba_lr=5e-3, warmup_steps=200,
                       repeat_frac=0.75, repeat_span=64, repeat_mode="sequence", repeat_min_period=1,

@@ -9,9 +9,9 @@ Curriculum (disclosed in the book): with ``repeat_frac > 0``, that fraction of t
 carries ``repeat_span`` random tokens (drawn from the corpus' frequent tokens) that repeat: either the
 whole row is that span tiled (``repeat_mode="sequence"``: the paper's induction task itself) or the span
 is placed twice at random offsets inside a natural-text row (``"span"``); in "sequence" mode a share
-``repeat_natural_frac`` of those rows tiles the row's own first tokens instead (copying real text). For a
-Mamba, a share ``mamba_pair_frac`` of the random rows are pair rows instead (:func:`add_pair_rows`: a short
-span and its copy at random offsets among random tokens). The other rows are natural text. This gives small
+``repeat_natural_frac`` of those rows tiles the row's own first tokens instead (copying real text), and a share
+``repeat_pair_frac`` of the random ones are pair rows instead (:func:`add_pair_rows`: a short span and its
+copy at random offsets among random tokens). The other rows are natural text. This gives small
 models enough repeated structure to form induction circuits in a CPU budget (see the zoo section of chapter 1
 and the zoo issue's note for what was tried).
 """
@@ -44,14 +44,7 @@ def peak_lr(cfg: TrainConfig, model) -> float:
     """``cfg.mamba_lr`` for a Mamba when set, else ``cfg.lr``."""
     from .models import family
 
-    return cfg.mamba_lr if cfg.mamba_lr is not None and family(model) == "mamba" else cfg.lr
-
-
-def pair_frac(cfg: TrainConfig, model) -> float:
-    """``cfg.mamba_pair_frac`` for a Mamba, 0 for a Transformer (pair rows are a Mamba-only curriculum row)."""
-    from .models import family
-
-    return cfg.mamba_pair_frac if family(model) == "mamba" else 0.0
+    return cfg.for_family(family(model)).lr
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig, peak: float | None = None) -> float:
@@ -74,12 +67,12 @@ def max_period(cfg: TrainConfig, step: int, total: int) -> int:
 
 
 def add_repeats(batch: torch.Tensor, cfg: TrainConfig, vocab: torch.Tensor, step: int,
-                total: int | None = None, pair_frac: float = 0.0) -> torch.Tensor:
+                total: int | None = None) -> torch.Tensor:
     """Put repeated random tokens into ``repeat_frac`` of the rows (deterministic in ``step``).
 
-    ``total``: the run's number of steps (for the period ramp; None: no ramp). ``pair_frac``: the share of the random
-    "sequence" rows (the last ones) that become pair rows (:func:`add_pair_rows`; ``cfg.mamba_pair_frac`` for a
-    Mamba, 0 for a Transformer, whose batches are then exactly those of a run without pair rows)."""
+    ``total``: the run's number of steps (for the period ramp; None: no ramp). In "sequence" mode the last
+    ``cfg.repeat_pair_frac`` of the random rows are pair rows (:func:`add_pair_rows`); at 0 the batches are exactly
+    those of a recipe without pair rows."""
     if cfg.repeat_frac <= 0:
         return batch
     B, T = batch.shape
@@ -89,6 +82,12 @@ def add_repeats(batch: torch.Tensor, cfg: TrainConfig, vocab: torch.Tensor, step
     need = 2 * S if cfg.repeat_mode == "sequence" else 2 * S + 1  # sequence: BOS + a copy + at least S-1 more
     if need > T:
         raise UniversalityError(f"repeat_span {S} is too long for context {T}: need {need} <= context")
+    if isinstance(cfg.tile_offset_max, bool) or not isinstance(cfg.tile_offset_max, int) or cfg.tile_offset_max < 0:
+        raise UniversalityError(f"tile_offset_max {cfg.tile_offset_max!r}: a whole number of tokens >= 0 "
+                                f"(0: every tiled row's first copy starts right after BOS)")
+    if cfg.repeat_pair_frac > 0 and not 2 <= cfg.pair_max_span <= S // 2:
+        raise UniversalityError(f"pair_max_span {cfg.pair_max_span}: a pair row's span and its copy must fit in one "
+                                f"window of repeat_span {S} tokens; choose 2 <= pair_max_span <= {S // 2}")
     g = torch.Generator().manual_seed(cfg.data_seed * 1_000_003 + step)
     n = int(round(cfg.repeat_frac * B))
     batch = batch.clone()
@@ -96,20 +95,25 @@ def add_repeats(batch: torch.Tensor, cfg: TrainConfig, vocab: torch.Tensor, step
         hi = max_period(cfg, step, total) if total else S
         lo = min(max(1, cfg.repeat_min_period), hi)
         n_natural = int(round(cfg.repeat_natural_frac * n))  # the first rows of the n copy the row's own text
-        n_pair = int(round(pair_frac * (n - n_natural)))  # the last rows of the n: pair rows
+        n_pair = int(round(cfg.repeat_pair_frac * (n - n_natural)))  # the last rows of the n: pair rows
         for r in range(n - n_pair):
             # a random period per row: a fixed period lets a model copy from a fixed offset instead of
             # doing induction (measured: trained at period 63 only, a 2-layer T failed the period-64 check);
             # short periods first (the ramp) give a Mamba a gradient toward copying (measured: without them
             # a 4-layer M stayed at the unigram loss on pure repeated rows for 3.5M tokens)
             S_r = int(torch.randint(lo, hi + 1, (1,), generator=g))
-            if r < n_natural:  # natural text: the row's first S_r tokens, tiled (copying real text)
-                span = batch[r, 1:1 + S_r].clone()
-            else:
+            # the first copy starts after `off` tokens (0: right after BOS); room is left for half a second copy
+            off = (int(torch.randint(0, min(cfg.tile_offset_max, T - 1 - S_r - S_r // 2) + 1, (1,), generator=g))
+                   if cfg.tile_offset_max > 0 else 0)
+            if r < n_natural:  # natural text: the row's S_r tokens after the offset, tiled (copying real text)
+                span = batch[r, 1 + off:1 + off + S_r].clone()
+            else:  # random tokens: a random prefix of `off` tokens, then the span tiled
                 span = vocab[torch.randint(0, len(vocab), (S_r,), generator=g)]
-            batch[r, 1:] = span.repeat(-(-(T - 1) // S_r))[:T - 1]
+                if off:
+                    batch[r, 1:1 + off] = vocab[torch.randint(0, len(vocab), (off,), generator=g)]
+            batch[r, 1 + off:] = span.repeat(-(-(T - 1 - off) // S_r))[:T - 1 - off]
         for r in range(n - n_pair, n):
-            batch[r, 1:] = add_pair_rows(T - 1, S, vocab, g)
+            batch[r, 1:] = add_pair_rows(T - 1, S, vocab, g, max_span=cfg.pair_max_span)
         return batch
     for r in range(n):
         span = vocab[torch.randint(0, len(vocab), (S,), generator=g)]
@@ -118,6 +122,38 @@ def add_repeats(batch: torch.Tensor, cfg: TrainConfig, vocab: torch.Tensor, step
         batch[r, a:a + S] = span
         batch[r, b:b + S] = span
     return batch
+
+
+def describe_curriculum(cfg: TrainConfig) -> str:
+    """One sentence (markdown) of the curriculum both families train with, a Mamba's own fields named apart
+    (chapter 1 prints it under the training table)."""
+    if cfg.repeat_frac <= 0:
+        return "no curriculum: every row is natural text"
+    if cfg.repeat_mode != "sequence":
+        return f"**{cfg.repeat_frac:.0%}** of the rows carry a random span of {cfg.repeat_span} tokens placed twice"
+
+    def tiles(c: TrainConfig) -> str:
+        parts = []
+        if c.tile_offset_max:
+            parts.append(f"the first copy starts after 0 to {c.tile_offset_max} tokens (the row's own text or random "
+                         f"tokens), not right after BOS")
+        if c.repeat_pair_frac:
+            parts.append(f"{c.repeat_pair_frac:.0%} of the random rows are pair rows instead (in every window of "
+                         f"{c.repeat_span} random tokens, a span of 2 to {c.pair_max_span} tokens and its copy at "
+                         f"random places)")
+        return "; ".join(parts)
+
+    ramp = (f", the longest period growing from 2 to {cfg.repeat_span} over the first {cfg.repeat_ramp_frac:.0%} of "
+            f"the steps" if cfg.repeat_ramp_frac > 0 else "")
+    text = (f"**{cfg.repeat_frac:.0%}** of the rows carry a sequence tiled over the row, its period drawn in "
+            f"[{cfg.repeat_min_period}, {cfg.repeat_span}]{ramp}; {cfg.repeat_natural_frac:.0%} of those rows tile the "
+            f"row's own text, the others random tokens")
+    shared, mamba = tiles(cfg.for_family("transformer")), tiles(cfg.for_family("mamba"))
+    if shared:
+        text += f"; {shared}"
+    if mamba != shared:
+        text += f"; for the Mamba only, {mamba}" if mamba else "; the Mamba trains without them"
+    return text
 
 
 def add_pair_rows(length: int, window: int, vocab: torch.Tensor, g: torch.Generator,
@@ -187,9 +223,12 @@ def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, re
     """(the run's lock held) :func:`train`."""
     from tqdm import tqdm
 
+    from .models import family
+
     model.to(device).train()
+    cfg = cfg.for_family(family(model))  # a Mamba's own lr / curriculum fields (TrainConfig.mamba_*)
     total = max(1, cfg.tokens // (cfg.batch_size * cfg.context))
-    peak, pairs = peak_lr(cfg, model), pair_frac(cfg, model)
+    peak = cfg.lr
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         # no decay on embeddings, biases, norms, and Mamba's A_log and D (as mamba_ssm's _no_weight_decay)
@@ -222,7 +261,7 @@ def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, re
             lr = lr_at(state.step, total, cfg, peak)
             for group in opt.param_groups:
                 group["lr"] = lr
-            batch = add_repeats(next(batches), cfg, repeat_vocab, state.step, total, pairs).to(device)
+            batch = add_repeats(next(batches), cfg, repeat_vocab, state.step, total).to(device)
             with autocast:
                 loss = model(batch, return_type="loss")
             if not torch.isfinite(loss):

@@ -12,7 +12,7 @@ them, and ``python -m universality_lib train`` prints them when the zoo is done.
 ``clean_prob_B``                chapter 5's induction prompts (circuits.task): M's mean p(B) on clean prompts >= 0.3
 ==============================  ==================================================================================
 
-:func:`prob_B_by_gap` is a diagnostic beside the criteria: p(B) of the same prompts by the distance to copy.
+:func:`prob_B_by_prefix` is a diagnostic beside the criteria: p(B) when the first A does not open the row.
 
 A preset without a ``heldout`` split (``smoke``: code only, no download) measures the loss and the code ratio on
 its ``eval`` split instead and says so in the row's ``split``; it has no English text, so that row is skipped.
@@ -25,6 +25,7 @@ import torch
 
 from . import corpus
 from .circuits.induction import heldout_snippets, induction_check, per_position_loss, repeated_random_tokens
+from .errors import UniversalityError
 from .presets import Preset, get as get_preset
 from .runtime import model_device
 
@@ -61,47 +62,54 @@ def heldout_loss(model, preset: "str | Preset", n_rows: int = 256, context: int 
     return float(per_position_loss(model, rows).mean()), len(rows)
 
 
-def _prompt_probs(model, preset: "str | Preset"):
-    """(p(B) per prompt [n], the prompts): chapter 5's clean induction prompts, read at the last position."""
-    from .circuits.task import make_prompts, target_scores, task_config, task_vocab
+def _prob_B(model, prompts) -> torch.Tensor:
+    """p(B) at the last position of each of ``prompts`` (circuits.task.InductionPrompts): FloatTensor [n]."""
+    from .circuits.task import target_scores
 
-    p = get_preset(preset)
-    prompts = make_prompts(task_vocab(p, model.tokenizer), task_config(p), bos_id=model.tokenizer.bos_token_id)
-    probs = []
     dev = model_device(model)
     with torch.no_grad():
-        for batch in prompts.batches():
-            probs.append(target_scores(model(batch.tokens.to(dev), return_type="logits"), batch.b)[1].cpu())
-    return torch.cat(probs), prompts
+        return torch.cat([target_scores(model(b.tokens.to(dev), return_type="logits"), b.b)[1]
+                          for b in prompts.batches()])
 
 
 def clean_prob_B(model, preset: "str | Preset") -> tuple[float, int]:
     """Mean p(B) at the last position of chapter 5's clean induction prompts, and the number of prompts."""
-    probs, prompts = _prompt_probs(model, preset)
-    return float(probs.mean()), len(prompts)
+    from .circuits.task import make_prompts, task_config, task_vocab
+
+    p = get_preset(preset)
+    prompts = make_prompts(task_vocab(p, model.tokenizer), task_config(p), bos_id=model.tokenizer.bos_token_id)
+    return float(_prob_B(model, prompts).mean()), len(prompts)
 
 
-def prob_B_by_gap(models: dict, preset: "str | Preset", width: int = 8):
-    """A diagnostic, not a criterion: mean p(B) of chapter 5's clean prompts binned by the gap from the first A to
-    the final A (tokens), one column per model. pandas DataFrame indexed by gap bin, with the prompts per bin.
+def prob_B_by_prefix(models: dict, preset: "str | Preset", prefixes=None, gap: int | None = None,
+                     n_prompts: int = 256):
+    """A diagnostic, not a criterion: mean clean p(B) of induction prompts whose first A sits after ``k`` random
+    tokens (``k`` in ``prefixes``), the final A ``gap`` tokens after it. pandas DataFrame, one row per ``k``, one
+    column per model.
 
-    A model that does induction copies B whatever the gap; one that has learned to copy from the start of its
-    row (tiled training rows always begin there) does so only for the largest gaps, where A is among the first
-    tokens after BOS."""
+    Induction predicts B whatever ``k``. A model that only copies spans opening its row (every tiled training row's
+    first copy starts right after BOS, and so do the copies of the induction checks above) predicts B at ``k = 0``
+    only. Chapter 5's prompts put A at ``k`` = 0 to 31. Defaults: ``gap`` 32 and ``prefixes`` 0, 1, 2, 4, ..., 32, both
+    cut to what fits the smallest context of ``models`` (BOS + k + gap + 1 tokens)."""
     import pandas as pd
 
-    cols, counts = {}, None
+    from .circuits.task import insert_prefix, make_prompts, task_config, task_vocab
+
+    p = get_preset(preset)
+    n_ctx = min(m.cfg.n_ctx for m in models.values())
+    gap = min(32, (n_ctx - 2) // 2) if gap is None else gap
+    if prefixes is None:
+        prefixes = [k for k in (0, 1, 2, 4, 8, 16, 32) if k + gap + 2 <= n_ctx]
+    if isinstance(gap, bool) or not isinstance(gap, int) or gap < 3 or max(prefixes) + gap + 2 > n_ctx:
+        raise UniversalityError(f"gap {gap!r} with prefixes up to {max(prefixes)}: need a gap >= 3 (A, B, one filler "
+                                f"token, A) and BOS + prefix + gap + 1 <= n_ctx = {n_ctx} tokens")
+    cols = {}
     for name, model in models.items():
-        probs, prompts = _prompt_probs(model, preset)
-        gap = prompts.last - prompts.pos_a  # [n]
-        lo = (gap // width) * width
-        df = pd.DataFrame({"gap": [f"{a}-{a + width - 1}" for a in lo.tolist()], "lo": lo.tolist(),
-                           "p": probs.tolist()})
-        grouped = df.groupby(["lo", "gap"])["p"]
-        cols[name] = grouped.mean()
-        counts = grouped.size()
-    out = pd.DataFrame({"prompts": counts, **cols}).reset_index(level="lo", drop=True)
-    out.index.name = "gap (tokens)"
+        cfg = task_config(p, seq_len=gap + 1, max_a_pos=1, n_prompts=n_prompts)  # A opens the body
+        base = make_prompts(task_vocab(p, model.tokenizer), cfg, bos_id=model.tokenizer.bos_token_id)
+        cols[name] = {k: float(_prob_B(model, insert_prefix(base, k, seed=k)).mean()) for k in prefixes}
+    out = pd.DataFrame(cols)
+    out.index.name = "tokens before the first A"
     return out
 
 

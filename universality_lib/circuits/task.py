@@ -233,6 +233,22 @@ def make_prompts(vocab: torch.Tensor, config: TaskConfig = TaskConfig(), bos_id:
                             bos_id=bos_id if off else None)
 
 
+def insert_prefix(prompts: InductionPrompts, k: int, seed: int = 0) -> InductionPrompts:
+    """The same clean prompts with ``k`` random task tokens (never A) inserted after BOS (at the start without BOS):
+    every position moves ``k`` later, the gap from the first A to the final A stays. A model that copies B only
+    when A opens the row fails these for k >= 1; an induction mechanism does not care (``zoo_check.prob_B_by_prefix``)."""
+    if prompts.corruption is not None:
+        raise UniversalityError("insert_prefix takes clean prompts (corrupt them afterwards)")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise UniversalityError(f"k is a number of tokens >= 0, got {k!r}")
+    g = torch.Generator().manual_seed(seed)
+    off = int(prompts.bos_id is not None)
+    cols = [_draw_excluding(prompts.vocab, [prompts.a], g) for _ in range(k)]  # k x [n]
+    prefix = torch.stack(cols, 1) if k else prompts.tokens[:, :0]  # [n, k]
+    tokens = torch.cat([prompts.tokens[:, :off], prefix, prompts.tokens[:, off:]], dim=1)
+    return replace(prompts, tokens=tokens, pos_a=prompts.pos_a + k, meta={**prompts.meta, "prefix": k})
+
+
 # ----------------------------------------------------------------------------------------------- metric
 def target_scores(logits: torch.Tensor, targets: torch.Tensor, position: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-prompt logit and probability of ``targets`` [n] at ``position``: two FloatTensors [n] (CPU)."""

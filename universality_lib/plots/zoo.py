@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["induction_curves", "loss_by_position", "prob_by_gap", "training_curves"]
+__all__ = ["induction_curves", "loss_by_position", "prob_by_prefix", "training_curves"]
 
 
 def loss_by_position(curves: dict[str, "np.ndarray"], title: str = "", ylabel: str = "loss (nats)",
@@ -59,17 +59,15 @@ def induction_curves(logs: dict[str, list[dict]], threshold: float = 0.5):
     return fig
 
 
-def prob_by_gap(table, threshold: float | None = None, title: str = "clean p(B) by the distance to copy"):
-    """One line per model: mean p(B) of chapter 5's prompts in each gap bin (``zoo_check.prob_B_by_gap``'s table)."""
+def prob_by_prefix(table, title: str = "clean p(B) when the first A does not open the row"):
+    """One line per model: mean p(B) against the random tokens before the first A (``zoo_check.prob_B_by_prefix``)."""
     fig, ax = plt.subplots(figsize=(7, 3.2))
     x = np.arange(len(table))
-    for name in [c for c in table.columns if c != "prompts"]:
+    for name in table.columns:
         ax.plot(x, table[name].to_numpy(dtype=float), marker="o", label=name, lw=1.5)
-    if threshold is not None:
-        ax.axhline(threshold, color="grey", ls=":", lw=1)
-    ax.set_xticks(x, [f"{g}\n({n})" for g, n in zip(table.index, table["prompts"])], fontsize=8)
+    ax.set_xticks(x, [str(k) for k in table.index])
     ax.set_ylim(0, 1)
-    return _finish(fig, ax, "tokens from the first A to the final A (prompts)", "mean p(B)", title)
+    return _finish(fig, ax, "random tokens between BOS and the first A", "mean p(B)", title)
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str):
