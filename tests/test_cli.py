@@ -39,3 +39,22 @@ def test_the_sphinx_extension_named_in_config_imports():
     config = yaml.safe_load((book.ROOT / "_config.yml").read_text())
     for name in config["sphinx"]["extra_extensions"]:
         assert callable(importlib.import_module(name).setup), name
+
+
+def test_check_prints_and_writes_every_criterion_with_its_verdict(tmp_path, capsys):
+    import json
+
+    rc = main(["check", "--preset", "smoke", "--json", str(tmp_path / "out" / "check.json")])
+    out = json.loads((tmp_path / "out" / "check.json").read_text())
+    assert rc == (0 if out["passed"] else 1) and out["preset"] == "smoke"
+    crits = {(r["criterion"], r["model"]): r for r in out["criteria"]}
+    assert {"heldout_loss_ratio", "natural_induction_code", "random_induction", "clean_prob_B"} == {c for c, _ in crits}
+    assert out["passed"] == all(r["passed"] for r in crits.values())
+    assert set(out["prob_B_by_prefix"]) == {"T", "T2", "M"} and "0" in out["prob_B_by_prefix"]["M"]
+    printed = capsys.readouterr().out
+    assert "clean_prob_B" in printed and "[check]" in printed
+
+
+def test_check_refuses_the_paper_preset_before_loading_anything(capsys):
+    assert main(["check", "--preset", "paper"]) == 2
+    assert "published checkpoints" in capsys.readouterr().err

@@ -6,10 +6,13 @@
   execute every chapter with papermill (restoring the unchanged ones from the cache), then build the HTML book
   (:func:`universality_lib.book.build_book`; ``python -m universality_lib.book ...`` is an alias of this).
 * ``info --preset P``: the preset, its corpus manifest and its zoo.
+* ``check --preset P [--json FILE]``: the zoo's own check (:mod:`universality_lib.zoo_check`: the four criteria, each
+  with ``passed``, and clean p(B) by the tokens before the first A) on the preset's trained models, as chapter 1
+  shows it; exits 1 when a criterion fails (after ``train``: does the retrained zoo pass?).
 * ``report --preset P [--out build] [--results DIR] [--markdown]``: the reproduction report (claims C1-C10) from
   the chapters' results files; exits 1 when a chapter's results are missing.
 
-Exit status: 0 done; 1 (report) results missing; 2 a bad input or an unusable file or folder (one ``error:``
+Exit status: 0 done; 1 (report) results missing, (check) a criterion failed; 2 a bad input or an unusable file or folder (one ``error:``
 line saying what to do); 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("info", help="show a preset, its corpus and its zoo")
     _preset_arg(i)
 
+    c = sub.add_parser("check", help="the zoo's own check: the four criteria on the trained models")
+    _preset_arg(c)
+    c.add_argument("--json", default=None, help="also write the rows and the p(B) table to this JSON file")
+
     r = sub.add_parser("report", help="the reproduction report: each claim of the paper, held or not")
     from .report import add_arguments as _report_arguments
 
@@ -91,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 out["corpus"] = corpus.manifest(preset)
                 out["zoo"] = {n: str(zoo.model_dir(preset, n)) for n in zoo.names(preset)}
             print(json.dumps(out, indent=2, default=str))
+        elif args.cmd == "check":
+            return _check(preset, args.json)
     except UniversalityError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -98,6 +107,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted; {_AGAIN.get(args.cmd, 'run the same command again')}.", file=sys.stderr)
         return 130
     return 0
+
+
+def _check(preset, json_path: str | None) -> int:
+    """``check``: load the trained zoo, print (and write) the criteria and the p(B) table; 1 when one fails."""
+    from pathlib import Path
+
+    from . import cache, zoo, zoo_check
+
+    if preset.needs_internet:
+        raise UniversalityError(f"the {preset.name!r} preset loads published checkpoints: the zoo check is for the "
+                                f"models this project trains (smoke, tiny)")
+    if json_path:  # a bad path is refused before minutes of measuring
+        cache.writable_dir(Path(json_path).parent, "the folder of --json", "choose another --json")
+    models = {name: zoo.load(preset, name) for name in zoo.names(preset)}
+    rows = zoo_check.criteria(preset, models)
+    prefix = zoo_check.prob_B_by_prefix(models, preset)
+    print(zoo_check.table(rows).to_string(index=False))
+    print(f"\nclean p(B) by {prefix.index.name} (a diagnostic, not a criterion):")
+    print(prefix.round(3).to_string())
+    passed = all(r.passed for r in rows)
+    if json_path:
+        cache.atomic_write_json(Path(json_path), {
+            "preset": preset.name, "passed": passed, "criteria": [r.to_dict() for r in rows],
+            "prob_B_by_prefix": {name: {str(k): v for k, v in col.items()} for name, col in prefix.items()}})
+    print(f"\n[check] {'every criterion passed' if passed else 'a criterion failed'}")
+    return 0 if passed else 1
 
 
 _AGAIN = {  # what Ctrl-C tells the user

@@ -1,7 +1,7 @@
 """The zoo's own check (issue 14): is the trained zoo good enough to carry the paper's claims?
 
 Four criteria, each a row with its measured value, the threshold and ``passed``; chapter 1 shows and records
-them, and ``python -m universality_lib train`` prints them when the zoo is done.
+them, and ``python -m universality_lib check`` prints them (after ``train``: does the retrained zoo pass?).
 
 ==============================  ==================================================================================
 ``heldout_loss_ratio``          M's mean next-token loss on the ``heldout`` split over T's: within 3% (the paper's
