@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from universality_lib import corpus, zoo
-from universality_lib.circuits.task import insert_prefix, make_prompts, target_scores, task_config, task_vocab
+from universality_lib.circuits.task import insert_prefix, make_prompts, prob_B, task_config, task_vocab
 from universality_lib.presets import get
 from universality_lib.train import train
 
@@ -50,14 +50,12 @@ def probe_fn(p, tok, n_prompts: int = 256):
     shifted = {k: insert_prefix(opening, k, seed=k) for k in (0, 8)}
 
     def probe(model) -> dict:
-        with torch.no_grad():
-            pb = torch.cat([target_scores(model(b.tokens), b.b)[1] for b in prompts.batches(64)])
-            out = {"pB": float(pb.mean())}
-            for lo, hi in GAP_BINS:
-                out[f"pB_gap{lo}-{hi - 1}"] = float(pb[(gap >= lo) & (gap < hi)].mean())
-            for k, pr in shifted.items():
-                out[f"pB_prefix{k}"] = float(torch.cat([target_scores(model(b.tokens), b.b)[1]
-                                                        for b in pr.batches(64)]).mean())
+        pb = prob_B(model, prompts)
+        out = {"pB": float(pb.mean())}
+        for lo, hi in GAP_BINS:
+            out[f"pB_gap{lo}-{hi - 1}"] = float(pb[(gap >= lo) & (gap < hi)].mean())
+        for k, pr in shifted.items():
+            out[f"pB_prefix{k}"] = float(prob_B(model, pr).mean())
         return out
     return probe
 

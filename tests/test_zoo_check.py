@@ -111,3 +111,29 @@ def test_prob_B_by_prefix_tells_induction_from_copying_the_row_start():
     moved = insert_prefix(base, 5)
     assert torch.equal(moved.tokens[:, 6:], base.tokens[:, 1:]) and torch.equal(moved.pos_a, base.pos_a + 5)
     assert not (moved.tokens[:, 1:6] == base.a[:, None]).any() and bool((moved.tokens[:, 0] == tok.bos_token_id).all())
+
+
+def test_the_training_probe_logs_clean_p_B_on_chapter_5s_prompts():
+    """The probe's clean_pB is the mean p(B) of its 64 prompts: a model that puts all its mass on B gives 1."""
+    from universality_lib import presets
+    from universality_lib.circuits.induction import training_probe
+    from universality_lib.circuits.task import make_prompts, task_config, task_vocab
+
+    p = presets.get("smoke")
+    tok = corpus.load_tokenizer(p)
+    vocab = corpus.frequent_tokens(corpus.token_stream(p, "eval", tok), 100)
+    prompts = make_prompts(task_vocab(p, tok), task_config(p, n_prompts=64, seed=99), bos_id=tok.bos_token_id)
+    b_of = {tuple(t.tolist()): int(b) for t, b in zip(prompts.tokens, prompts.b)}
+
+    class Oracle(_Planted):  # knows each probe prompt's B
+        def forward(self, x, return_type="logits"):
+            logits = super().forward(x)
+            for i, row in enumerate(x):
+                if tuple(row.tolist()) in b_of:
+                    logits[i, -1] = -30.0
+                    logits[i, -1, b_of[tuple(row.tolist())]] = 30.0
+            return logits
+
+    row = training_probe(p, tok, vocab)(Oracle(tok, 10_000))
+    assert row["clean_pB"] == pytest.approx(1.0, abs=1e-6)
+    assert training_probe(p, tok, vocab)(_Planted(tok, 10_000))["clean_pB"] < 0.01  # uniform: 1 / vocabulary

@@ -27,7 +27,6 @@ from . import corpus
 from .circuits.induction import heldout_snippets, induction_check, per_position_loss, repeated_random_tokens
 from .errors import UniversalityError
 from .presets import Preset, get as get_preset
-from .runtime import model_device
 
 LOSS_TOLERANCE = 0.03  # |L_M / L_T - 1|
 INDUCTION_MAX = 0.5  # repeat / first copy
@@ -62,23 +61,13 @@ def heldout_loss(model, preset: "str | Preset", n_rows: int = 256, context: int 
     return float(per_position_loss(model, rows).mean()), len(rows)
 
 
-def _prob_B(model, prompts) -> torch.Tensor:
-    """p(B) at the last position of each of ``prompts`` (circuits.task.InductionPrompts): FloatTensor [n]."""
-    from .circuits.task import target_scores
-
-    dev = model_device(model)
-    with torch.no_grad():
-        return torch.cat([target_scores(model(b.tokens.to(dev), return_type="logits"), b.b)[1]
-                          for b in prompts.batches()])
-
-
 def clean_prob_B(model, preset: "str | Preset") -> tuple[float, int]:
     """Mean p(B) at the last position of chapter 5's clean induction prompts, and the number of prompts."""
-    from .circuits.task import make_prompts, task_config, task_vocab
+    from .circuits.task import make_prompts, prob_B, task_config, task_vocab
 
     p = get_preset(preset)
     prompts = make_prompts(task_vocab(p, model.tokenizer), task_config(p), bos_id=model.tokenizer.bos_token_id)
-    return float(_prob_B(model, prompts).mean()), len(prompts)
+    return float(prob_B(model, prompts).mean()), len(prompts)
 
 
 def prob_B_by_prefix(models: dict, preset: "str | Preset", prefixes=None, gap: int | None = None,
@@ -93,7 +82,7 @@ def prob_B_by_prefix(models: dict, preset: "str | Preset", prefixes=None, gap: i
     cut to what fits the smallest context of ``models`` (BOS + k + gap + 1 tokens)."""
     import pandas as pd
 
-    from .circuits.task import insert_prefix, make_prompts, task_config, task_vocab
+    from .circuits.task import insert_prefix, make_prompts, prob_B, task_config, task_vocab
 
     p = get_preset(preset)
     n_ctx = min(m.cfg.n_ctx for m in models.values())
@@ -107,7 +96,7 @@ def prob_B_by_prefix(models: dict, preset: "str | Preset", prefixes=None, gap: i
     for name, model in models.items():
         cfg = task_config(p, seq_len=gap + 1, max_a_pos=1, n_prompts=n_prompts)  # A opens the body
         base = make_prompts(task_vocab(p, model.tokenizer), cfg, bos_id=model.tokenizer.bos_token_id)
-        cols[name] = {k: float(_prob_B(model, insert_prefix(base, k, seed=k)).mean()) for k in prefixes}
+        cols[name] = {k: float(prob_B(model, insert_prefix(base, k, seed=k)).mean()) for k in prefixes}
     out = pd.DataFrame(cols)
     out.index.name = "tokens before the first A"
     return out

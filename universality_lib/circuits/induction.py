@@ -141,16 +141,23 @@ def natural_text_rows(preset, tokenizer, kind: str, n: int = 100, seq_len: int =
 # ----------------------------------------------------------------------------- the probe logged during training
 def training_probe(p, tokenizer, vocab: torch.Tensor):
     """``eval_fn(model) -> log row`` for the training loop: the first-copy and repeat losses on 16 repeated random
-    sequences of ``vocab`` (seed 99), and, for a corpus with English text and a ``heldout`` split (zoo v2), the
-    natural-text ratio on 16 held-out snippets of prose and of code. ``p``: a resolved :class:`Preset`."""
+    sequences of ``vocab`` (seed 99); chapter 5's clean p(B) on 64 of its prompts (``clean_pB``: the pair anywhere
+    in the row, so a copy of the row's start does not pass it); and, for a corpus with English text and a
+    ``heldout`` split (zoo v2), the natural-text ratio on 16 held-out snippets of prose and of code. ``p``: a
+    resolved :class:`Preset`."""
+    from .task import make_prompts, prob_B, task_config, task_vocab
+
     seq_len = min(64, (p.train.context - 1) // 2)
     probe = repeated_random_tokens(vocab, 16, seq_len, tokenizer.bos_token_id, seed=99)
+    prompts = make_prompts(task_vocab(p, tokenizer), task_config(p, n_prompts=64, seed=99),
+                           bos_id=tokenizer.bos_token_id)
     natural = {kind: natural_text_rows(p, tokenizer, kind, n=16, seq_len=seq_len)
                for kind in ("text", "code")} if "heldout" in corpus.split_names(p) and p.corpus.text_sources else {}
 
     def eval_fn(m) -> dict:
         c = induction_check(m, probe)
-        row = {"repeat_first": round(c.first_copy_loss, 4), "repeat_second": round(c.repeat_loss, 4)}
+        row = {"repeat_first": round(c.first_copy_loss, 4), "repeat_second": round(c.repeat_loss, 4),
+               "clean_pB": round(float(prob_B(m, prompts).mean()), 4)}
         for kind, rows in natural.items():
             row[f"natural_{kind}_ratio"] = round(induction_check(m, rows).ratio, 4)
         return row

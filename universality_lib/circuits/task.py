@@ -261,6 +261,16 @@ def target_scores(logits: torch.Tensor, targets: torch.Tensor, position: int = -
     return logit.cpu(), prob.cpu()
 
 
+def prob_B(model, prompts: InductionPrompts) -> torch.Tensor:
+    """p(B) at the last position of each of ``prompts``, batch by batch without gradients: FloatTensor [n] (CPU)."""
+    from ..runtime import model_device
+
+    dev = model_device(model)
+    with torch.no_grad():
+        return torch.cat([target_scores(model(b.tokens.to(dev), return_type="logits"), b.b)[1]
+                          for b in prompts.batches()])
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A mean over prompts with its standard error (sample std / sqrt(n))."""
