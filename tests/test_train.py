@@ -30,10 +30,11 @@ def test_add_repeats_places_the_same_span_twice():
         assert torch.equal(out[r, nz[:5]], out[r, nz[5:]])
 
 
-def _tiny_run(tmp_path, name, steps, max_steps=None):
+def _tiny_run(tmp_path, name, steps, max_steps=None, **changes):
     p = presets.get("smoke")
-    cfg = TrainConfig(tokens=steps * 4 * 32, batch_size=4, context=32, lr=3e-3, warmup_steps=2,
-                      log_every=1, eval_every=2, checkpoint_every=3, repeat_frac=0.5, repeat_span=8)
+    cfg = TrainConfig(**{**dict(tokens=steps * 4 * 32, batch_size=4, context=32, lr=3e-3, warmup_steps=2,
+                                log_every=1, eval_every=2, checkpoint_every=3, repeat_frac=0.5, repeat_span=8),
+                         **changes})
     tok = corpus.load_tokenizer(p)
     stream = corpus.token_stream(p, "eval", tok)
     model = zoo.build(p, "T", tokenizer=tok)
@@ -63,6 +64,22 @@ def test_resume_is_exact(tmp_path):
     assert state.step == 6
     for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_a_run_resumes_only_under_the_recipe_it_began_with(tmp_path):
+    import shutil
+
+    _tiny_run(tmp_path, "r", 6, max_steps=3)
+    began = (tmp_path / "r" / "checkpoint" / "state.json").read_text()
+    with pytest.raises(UniversalityError, match=r"another recipe \(differs in lr, repeat_frac\)"):
+        _tiny_run(tmp_path, "r", 6, lr=1e-3, repeat_frac=0.25)
+    assert (tmp_path / "r" / "checkpoint" / "state.json").read_text() == began  # refused before any step
+    recipe = json.loads((tmp_path / "r" / "recipe.json").read_text())
+    del recipe["train"]["tile_offset_max"]  # a run that began before a field existed began at its default
+    (tmp_path / "r" / "recipe.json").write_text(json.dumps(recipe))
+    assert _tiny_run(tmp_path, "r", 6)[1].step == 6
+    shutil.rmtree(tmp_path / "r")
+    assert _tiny_run(tmp_path, "r", 6, lr=1e-3)[1].step == 6  # a deleted run starts again under the new recipe
 
 
 def test_add_repeats_sequence_mode_tiles_the_row():
@@ -177,7 +194,9 @@ def test_a_mamba_trains_with_its_own_curriculum_fields():
                       mamba_repeat_pair_frac=0.5)
     m, t = cfg.for_family("mamba"), cfg.for_family("transformer")
     assert (m.lr, m.tile_offset_max, m.repeat_pair_frac) == (4e-3, 32, 0.5)
-    assert t == cfg and (t.lr, t.tile_offset_max, t.repeat_pair_frac) == (1e-3, 0, 0.0)
+    assert (t.lr, t.tile_offset_max, t.repeat_pair_frac) == (1e-3, 0, 0.0)
+    assert m.mamba_lr is m.mamba_tile_offset_max is t.mamba_tile_offset_max is None  # resolved: no overrides left
+    assert t == TrainConfig(lr=1e-3).for_family("transformer")  # the Mamba's fields do not touch the Transformer
     assert TrainConfig(lr=1e-3).for_family("mamba") == TrainConfig(lr=1e-3)  # nothing set: the shared fields
     with pytest.raises(UniversalityError, match="family"):
         cfg.for_family("rwkv")

@@ -119,15 +119,14 @@ class TrainConfig:
     mamba_repeat_pair_frac: float | None = None
 
     def for_family(self, family: str) -> "TrainConfig":
-        """The config one family trains with: for a ``"mamba"`` every ``mamba_<field>`` that is set replaces
-        ``<field>``; a ``"transformer"`` trains with the shared fields."""
+        """The config one family trains with, resolved: for a ``"mamba"`` every ``mamba_<field>`` that is set
+        replaces ``<field>``; a ``"transformer"`` trains with the shared fields. Either way the ``mamba_*`` fields
+        of the result are None, so two recipes that train a family alike resolve to equal configs."""
         if family not in ("transformer", "mamba"):
             raise UniversalityError(f"family {family!r}: choose 'transformer' or 'mamba'")
-        if family != "mamba":
-            return self
-        over = {f.name[len("mamba_"):]: getattr(self, f.name) for f in fields(self)
-                if f.name.startswith("mamba_") and getattr(self, f.name) is not None}
-        return replace(self, **over)
+        own = [f.name for f in fields(self) if f.name.startswith("mamba_")]
+        over = {n[len("mamba_"):]: getattr(self, n) for n in own if getattr(self, n) is not None}
+        return replace(self, **(over if family == "mamba" else {}), **{n: None for n in own})
 
 
 @dataclass(frozen=True)

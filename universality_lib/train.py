@@ -218,6 +218,26 @@ def train(model, stream: TokenStream, cfg: TrainConfig, out_dir: str | Path, *, 
                       progress, max_steps)
 
 
+def _check_recipe(out_dir: Path, cfg: TrainConfig, seed: int) -> None:
+    """A run resumes only under the recipe it began with: ``out_dir/recipe.json`` holds the resolved config and seed
+    (written at the first sitting); another recipe is one clear error, before any step (a changed preset would
+    otherwise continue the old run with other batches)."""
+    recipe = json.loads(json.dumps({"seed": seed, "train": asdict(cfg)}))
+    path = out_dir / "recipe.json"
+    if not path.exists():
+        cache.atomic_write_json(path, recipe)
+        return
+    began = json.loads(path.read_text())
+    default = json.loads(json.dumps(asdict(TrainConfig())))  # a field newer than the run: it began at the default
+    diff = sorted(k for k in set(began["train"]) | set(recipe["train"])
+                  if began["train"].get(k, default.get(k)) != recipe["train"].get(k, default.get(k)))
+    if began["seed"] != seed:
+        diff.insert(0, "seed")
+    if diff:
+        raise UniversalityError(f"the run in {out_dir} began with another recipe (differs in {', '.join(diff)}): "
+                                f"train with the recipe it began with, or delete {out_dir} to start again")
+
+
 def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, repeat_vocab, eval_fn, device,
            progress, max_steps) -> TrainState:
     """(the run's lock held) :func:`train`."""
@@ -227,6 +247,7 @@ def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, re
 
     model.to(device).train()
     cfg = cfg.for_family(family(model))  # a Mamba's own lr / curriculum fields (TrainConfig.mamba_*)
+    _check_recipe(out_dir, cfg, seed)
     total = max(1, cfg.tokens // (cfg.batch_size * cfg.context))
     peak = cfg.lr
     decay, no_decay = [], []
