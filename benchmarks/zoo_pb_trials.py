@@ -8,7 +8,9 @@ training the shipped M for ``--steps`` steps of the tiny recipe's batches (same 
 * ``control``: the shipped recipe;
 * ``pairs``: half of the random tiled rows become pair rows (``TrainConfig.repeat_pair_frac``), spans 2-8;
 * ``longpairs``: the same with spans 2-32 (``pair_max_span``);
-* ``allpairs``: every random tiled row a pair row, spans 2-16.
+* ``allpairs``: every random tiled row a pair row, spans 2-16;
+* ``offsets``: a tiled row's first copy after 0-32 tokens (``TrainConfig.tile_offset_max``), not right after BOS;
+* ``offsetpairs``: ``offsets`` and ``pairs`` together (the recipe of the from-scratch trial of session 10).
 
     python benchmarks/zoo_pb_trials.py ARM [--model M] [--steps 150] [--lr 1e-3] [--threads 1]
 
@@ -36,7 +38,8 @@ from universality_lib.train import train
 OUT = Path(__file__).parent / "results" / "zoo_pb_trials.json"
 ARMS = {"control": dict(), "pairs": dict(repeat_pair_frac=0.5, pair_max_span=8),
         "longpairs": dict(repeat_pair_frac=0.5, pair_max_span=32),
-        "allpairs": dict(repeat_pair_frac=1.0, pair_max_span=16)}
+        "allpairs": dict(repeat_pair_frac=1.0, pair_max_span=16),
+        "offsets": dict(tile_offset_max=32), "offsetpairs": dict(tile_offset_max=32, repeat_pair_frac=0.5)}
 GAP_BINS = ((30, 45), (45, 60), (60, 66))
 
 

@@ -252,9 +252,11 @@ _TINY = Preset(
     # is, which keeps M within 15% of T (1.16M vs 1.24M parameters); measured 0.85x the d_state-16 M's speed. Trained in
     # session 7 alone on the 2 cores (2 threads): 48 min. Held-out natural-text ratio 0.36 (English) / 0.44 (code), period-64
     # check 0.22; still short of the zoo check on the loss (M / T 1.036) and on chapter 5's clean p(B) (0.033), which
-    # it predicts only when A is among the first tokens after BOS (zoo_check.prob_B_by_gap): every tiled row's first
-    # copy starts there (T and T2 lean on the same shortcut, less). Pair rows (repeat_pair_frac) are the mechanism
-    # tried against it, so far only by fine-tuning the shipped models (benchmarks/zoo_pb_trials.py).
+    # it predicts only when A is among the first tokens after BOS (zoo_check.prob_B_by_prefix): every tiled row's first
+    # copy starts there (T and T2 lean on the same shortcut, less). Tried against it (recipe_trials.json): pair rows
+    # by fine-tuning the shipped models (benchmarks/zoo_pb_trials.py), and an M from scratch with tile offsets and pair
+    # rows (mamba_tile_offset_max 32, mamba_repeat_pair_frac 0.5; session 10): clean p(B) 0.001 and every induction
+    # ratio over 0.5, so neither field is set here.
     mamba=MambaSize(n_layers=8, d_model=96, d_state=64, tie_embeddings=True),
     train=TrainConfig(tokens=16_000_000, batch_size=64, context=128, lr=2e-3, mamba_lr=5e-3, warmup_steps=200,
                       repeat_frac=0.75, repeat_span=64, repeat_mode="sequence", repeat_min_period=1,
