@@ -107,6 +107,9 @@ def test_prob_B_by_prefix_tells_induction_from_copying_the_row_start():
     assert table["start"].iloc[0] > 0.99 and (table["start"].iloc[1:] < 0.01).all()  # only when A opens the row
     with pytest.raises(UniversalityError, match="n_ctx"):
         zoo_check.prob_B_by_prefix({"ind": _Inductor(tok)}, "smoke", prefixes=(0, 60), gap=32)
+    for bad in ("32", 2, True):  # refused as a gap, before it chooses the prefixes
+        with pytest.raises(UniversalityError, match="gap"):
+            zoo_check.prob_B_by_prefix({"ind": _Inductor(tok)}, "smoke", gap=bad)
     base = make_prompts(task_vocab("smoke", tok), task_config("smoke", n_prompts=8), bos_id=tok.bos_token_id)
     moved = insert_prefix(base, 5)
     assert torch.equal(moved.tokens[:, 6:], base.tokens[:, 1:]) and torch.equal(moved.pos_a, base.pos_a + 5)

@@ -16,7 +16,7 @@ Glossary: ``L`` layers, ``D`` d_model, ``E`` d_inner (= expand * D), ``N`` d_sta
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UniversalityError
@@ -124,9 +124,9 @@ class TrainConfig:
         of the result are None, so two recipes that train a family alike resolve to equal configs."""
         if family not in ("transformer", "mamba"):
             raise UniversalityError(f"family {family!r}: choose 'transformer' or 'mamba'")
-        own = [f.name for f in fields(self) if f.name.startswith("mamba_")]
+        own = [f.name for f in dataclasses.fields(self) if f.name.startswith("mamba_")]
         over = {n[len("mamba_"):]: getattr(self, n) for n in own if getattr(self, n) is not None}
-        return replace(self, **(over if family == "mamba" else {}), **{n: None for n in own})
+        return dataclasses.replace(self, **(over if family == "mamba" else {}), **{n: None for n in own})
 
 
 @dataclass(frozen=True)

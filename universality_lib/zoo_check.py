@@ -87,11 +87,13 @@ def prob_B_by_prefix(models: dict, preset: "str | Preset", prefixes=None, gap: i
     p = get_preset(preset)
     n_ctx = min(m.cfg.n_ctx for m in models.values())
     gap = min(32, (n_ctx - 2) // 2) if gap is None else gap
+    if isinstance(gap, bool) or not isinstance(gap, int) or gap < 3:  # before gap is used to choose the prefixes
+        raise UniversalityError(f"gap {gap!r}: need a whole number >= 3 (A, B, one filler token, A)")
     if prefixes is None:
         prefixes = [k for k in (0, 1, 2, 4, 8, 16, 32) if k + gap + 2 <= n_ctx]
-    if isinstance(gap, bool) or not isinstance(gap, int) or gap < 3 or max(prefixes) + gap + 2 > n_ctx:
-        raise UniversalityError(f"gap {gap!r} with prefixes up to {max(prefixes)}: need a gap >= 3 (A, B, one filler "
-                                f"token, A) and BOS + prefix + gap + 1 <= n_ctx = {n_ctx} tokens")
+    if not prefixes or max(prefixes) + gap + 2 > n_ctx:
+        raise UniversalityError(f"gap {gap} with prefixes {list(prefixes)}: need BOS + prefix + gap + 1 <= n_ctx = "
+                                f"{n_ctx} tokens")
     cols = {}
     for name, model in models.items():
         cfg = task_config(p, seq_len=gap + 1, max_a_pos=1, n_prompts=n_prompts)  # A opens the body
