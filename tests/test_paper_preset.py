@@ -180,6 +180,14 @@ def test_train_all_and_quality_table(standins):
     assert list(zip(table["model"], table["layer"])) == [(n, l) for n, l, s in saes.jobs(p) if s == 0]
     assert (table["d_sae"] == p.sae.expansion_factor * D_MODEL).all() and table["fve"].notna().all()
     assert set(table.attrs["density"]) == {(n, l, 0) for n, l, s in saes.jobs(p) if s == 0}
+    # every SAE of a model shares the passes (the T group holds both seeds); a row equals evaluate() alone
+    full = saes.evaluate_all(p, ["T"], progress=False, train_if_missing=False)
+    assert list(zip(full["layer"], full["seed"])) == [(l, s) for n, l, s in saes.jobs(p, ["T"])]
+    t = zoo.load(p, "T")
+    alone = saes.evaluate(saes.get(p, "T", 1, 1, model=t, train_if_missing=False), t, saes.eval_rows(p))
+    row = full[(full["layer"] == 1) & (full["seed"] == 1)].iloc[0]
+    assert all(row[k] == v for k, v in alone.items() if k != "density")
+    assert (full.attrs["density"][("T", 1, 1)] == alone["density"]).all()
 
 
 # ----------------------------------------------------------------------------- similarity (chapters 3 and 4)

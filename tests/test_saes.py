@@ -243,6 +243,44 @@ def test_half_sae_metrics_match_a_direct_computation(transformer, eval_rows, tok
     assert m["n_dead"] == int((m["density"] == 0).sum()) and 0 <= m["dead_frac"] <= 1
 
 
+@pytest.mark.parametrize("which", ["transformer", "mamba0"])
+def test_evaluate_many_matches_get_recons_loss_sae_by_sae(which, request, eval_rows, tok):
+    """The shared passes of evaluate_many (one clean pass, one per SAE, one zero-ablated pass per hook) give each
+    SAE exactly the CE numbers of sae-lens' get_recons_loss run for it alone, and the other metrics of evaluate."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.evals import get_recons_loss
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    model = request.getfixturevalue(which)
+    d = model.cfg.d_model
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    group = {}
+    for k, (hook, norm) in enumerate([("blocks.0.hook_resid_post", "none"), ("blocks.0.hook_resid_post",
+                                      "constant_norm_rescale"), (last, "constant_norm_rescale")]):
+        torch.manual_seed(k)
+        sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=3 * d, normalize_activations=norm))
+        sae.cfg.metadata.hook_name = hook
+        group[k] = sae
+    many = saes.evaluate_many(group, model, eval_rows, batch_size=3)
+    ids = [tok.bos_token_id]
+    for k, sae in group.items():
+        ce = {"ce_loss_without_sae": [], "ce_loss_with_sae": [], "ce_loss_with_ablation": []}
+        for i in range(0, len(eval_rows), 3):
+            m = get_recons_loss(sae, model, ActivationScaler(), eval_rows[i:i + 3], compute_kl=False,
+                                compute_ce_loss=True, ignore_tokens=ids, hook_name=sae.cfg.metadata.hook_name)
+            for name in ce:
+                ce[name].append(m[name].float().reshape(-1))
+        ref = {n: torch.cat(v).mean().item() for n, v in ce.items()}
+        got = many[k]
+        assert (got["ce_clean"], got["ce_sae"], got["ce_zero"]) == (
+            ref["ce_loss_without_sae"], ref["ce_loss_with_sae"], ref["ce_loss_with_ablation"])
+        alone = saes.evaluate(sae, model, eval_rows, batch_size=3)
+        assert {n: v for n, v in got.items() if n != "density"} == {n: v for n, v in alone.items() if n != "density"}
+        assert (got["density"] == alone["density"]).all()
+    with pytest.raises(UniversalityError, match="no SAEs"):
+        saes.evaluate_many({}, model, eval_rows)
+
+
 def test_a_feature_that_never_fires_is_dead(transformer, eval_rows):
     sae = _hand_sae(transformer.cfg.d_model, 3)
     with torch.no_grad():
