@@ -11,7 +11,6 @@ the two sums and the load average (other jobs share this CPU).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _out import write_json  # noqa: E402
 
 from universality_lib.runtime import cpu_name  # noqa: E402
 from universality_lib.similarity.engine import PairStats, _coact_sd  # noqa: E402
@@ -70,10 +71,7 @@ def main() -> None:
            "speed_ratio": round(best["strided"] / best["blocked"], 2),
            "max_abs_difference_of_sums": float(np.abs(strided - blocked).max()),
            "max_abs_sum": float(np.abs(strided).max())}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(json.dumps(out, indent=1))
+    write_json(out, args.out)
 
 
 if __name__ == "__main__":

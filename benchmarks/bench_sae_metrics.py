@@ -14,7 +14,6 @@ the load average before and after (other jobs share this CPU).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _out import write_json  # noqa: E402
 from bench_saes import _model  # noqa: E402
 
 from universality_lib import corpus, presets, saes, zoo  # noqa: E402
@@ -100,10 +100,7 @@ def main() -> None:
            "load_average_end": [round(x, 2) for x in os.getloadavg()],
            "seconds_one_by_one": round(t_old, 2), "seconds_shared": round(t_new, 2),
            "speed_ratio": round(t_old / t_new, 2), "passes_per_batch": passes, "max_abs_ce_difference": diff}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(json.dumps(out, indent=1))
+    write_json(out, args.out)
 
 
 if __name__ == "__main__":
