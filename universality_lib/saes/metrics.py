@@ -57,7 +57,7 @@ def evaluate_many(saes: dict, model, rows: torch.Tensor, batch_size: int = 16,
     ids = sorted(set(ignore_ids) if ignore_ids is not None else special_ids(model))
     dev = model_device(model)
     acc = {k: _Sums(sae) for k, (sae, _) in saes.items()}
-    zero_ce = {h: [] for h in sorted(set(hooks.values()))}
+    clean_ce, zero_ce = [], {h: [] for h in sorted(set(hooks.values()))}  # shared by every SAE / every SAE of a hook
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size].to(dev)
         mask = acts.token_mask(batch, ids)  # [b, L] ordinary tokens
@@ -66,13 +66,13 @@ def evaluate_many(saes: dict, model, rows: torch.Tensor, batch_size: int = 16,
         for k, (sae, _) in saes.items():
             a = acc[k]
             a.add(cache_[hooks[k]].float().to(a.device)[mask.to(a.device)])
-            a.ce["ce_clean"].append(clean.float().cpu().reshape(-1))
             a.ce["ce_sae"].append(_ce_with_hook(model, batch, hooks[k], _splice(sae, mask)))
+        clean_ce.append(clean.float().cpu().reshape(-1))
         for h, out in zero_ce.items():
             out.append(_ce_with_hook(model, batch, h, _zero_ablate))
     results = {}
     for k, a in acc.items():
-        a.ce["ce_zero"] = zero_ce[hooks[k]]
+        a.ce["ce_clean"], a.ce["ce_zero"] = clean_ce, zero_ce[hooks[k]]
         results[k] = a.metrics()
     return results
 
@@ -110,7 +110,7 @@ class _Sums:
         # sum of |x|^2 and of |x - x_hat|^2 (normalised and raw), and the sums of x for the variance
         self.s = {k: 0.0 for k in ("sq_n", "err_n", "sq_r", "err_r")}
         self.sum_n = self.sum_r = None
-        self.ce = {"ce_clean": [], "ce_sae": []}
+        self.ce = {"ce_sae": []}  # evaluate_many adds the shared ce_clean and ce_zero lists
 
     def add(self, x: torch.Tensor) -> None:
         """One batch's activations at the ordinary tokens, x [t, D] raw."""
