@@ -148,6 +148,61 @@ def test_fast_scan_matches_reference_float32(impl):
         assert torch.allclose(a, b, atol=1e-4 * max(1.0, b.abs().max().item()), rtol=1e-4), name
 
 
+def test_stepwise_reference_scan_is_the_materialised_one():
+    """reference_scan_stepwise makes each position's A_bar, B_bar on the way: the same numbers as reference_scan on
+    the materialised [b, l, e, n] tensors, with and without a state hook, and the same gradients."""
+    x, delta, A, B, C = _scan_inputs(3, 21, 70, 16, torch.float32)
+    h0 = torch.randn(3, 70, 16)
+    hook = lambda t, h: h * 0.5 if t == 7 else h  # noqa: E731  a replaced state changes every later position
+    for kw in (dict(), dict(h0=h0, state_hook=hook)):
+        y_ref = S.reference_scan(*S.discretize(delta, A, B), x, C, **kw)
+        y = S.reference_scan_stepwise(delta, A, B, x, C, **kw)
+        assert torch.equal(y, y_ref)
+        g = torch.randn_like(y)
+        for a, b in zip(torch.autograd.grad(y, (x, delta, A, B, C), g),
+                        torch.autograd.grad(y_ref, (x, delta, A, B, C), g)):
+            assert torch.allclose(a, b, atol=1e-5 * max(1.0, b.abs().max().item()), rtol=1e-5)
+
+
+def test_exact_model_materialises_a_bar_only_when_hooked(model, monkeypatch):
+    """The exact scan takes the stepwise loop unless hook_A_bar / hook_B_bar are hooked; the logits agree."""
+    toks = _tokens()
+    calls = []
+    real = S.reference_scan
+    monkeypatch.setattr("universality_lib.models.mamba.reference_scan",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        stepwise = model(toks, scan="exact")
+        assert calls == []
+        cached, cache = model.run_with_cache(toks, names_filter=["blocks.0.hook_A_bar"], scan="exact")
+    assert len(calls) == 1 and cache["blocks.0.hook_A_bar"].shape == (2, SEQ, model.cfg.d_inner, model.cfg.d_state)
+    assert torch.equal(stepwise, cached)
+
+
+def test_start_at_layer_continues_from_the_residual(model):
+    """``start_at_layer`` (HookedTransformer.forward's): the run from the residual entering block l gives the full
+    run's logits and loss, fires only the hooks of blocks >= l, and refuses tokens or a loss without tokens."""
+    toks = _tokens()
+    for scan in ("fast", "exact"):
+        with torch.no_grad():
+            full, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_resid_pre"), scan=scan)
+            for l in (0, 1, -1):
+                seen = []
+                hooks = [(f"blocks.{k}.hook_out_proj", lambda a, hook: seen.append(hook.name) or a)
+                         for k in range(N_LAYERS)]
+                resid = cache[f"blocks.{l % N_LAYERS}.hook_resid_pre"]
+                out = model.run_with_hooks(resid, fwd_hooks=hooks, start_at_layer=l, scan=scan)
+                assert torch.equal(out, full), (scan, l)
+                assert seen == [f"blocks.{k}.hook_out_proj" for k in range(l % N_LAYERS, N_LAYERS)]
+            loss = model(cache["blocks.1.hook_resid_pre"], start_at_layer=1, return_type="loss", tokens=toks)
+            assert torch.equal(loss, model(toks, return_type="loss", scan=scan))
+    resid = cache["blocks.1.hook_resid_pre"]
+    for bad in (dict(input=toks, start_at_layer=1), dict(input=resid, start_at_layer=N_LAYERS),
+                dict(input=resid[..., :-1], start_at_layer=1), dict(input=resid, start_at_layer=1, return_type="loss")):
+        with pytest.raises(UniversalityError, match="start_at_layer"):
+            model(**bad)
+
+
 def test_fast_vs_exact_model(model):
     toks = _tokens()
     with torch.no_grad():

@@ -197,6 +197,41 @@ def test_residual_sweep_sees_only_b_in_the_embedding(family):
     assert np.abs(g[1, 1:]).max() > 1e-6  # from layer 1 on, B's information has been moved forward
 
 
+# ------------------------------------------------------------------------------------------------ start layers
+START_LAYER_SWEEPS = {
+    "state history": lambda m, p: cm.state_patching(m, p, progress=False),
+    "y -> logits": lambda m, p: cm.y_to_logits(m, p, progress=False),
+    "conv -> state, layer 1": lambda m, p: cm.conv_to_state_to_logits(m, p, layer=1, out_offsets=(0, 2),
+                                                                       progress=False),
+    "position sweep": lambda m, p: ob.position_sweep(m, p, progress=False),
+    "write variants, layer 2": lambda m, p: ob.state_write_variants(m, p, 2, progress=False),
+    "residual, Mamba": lambda m, p: ob.residual_offset_sweep(m, p, progress=False),
+    "residual, Transformer": lambda m, p: ob.residual_offset_sweep(_transformer(n_layers=3), p, progress=False),
+}
+
+
+@pytest.mark.parametrize("experiment", list(START_LAYER_SWEEPS))
+def test_sweeps_from_their_first_changed_layer_match_runs_from_the_tokens(experiment, monkeypatch):
+    """Every sweep that starts its patched runs at the first layer they change (``sweep(start_layer=...)``) gives
+    exactly the numbers of the same sweep run from the tokens through every layer."""
+    model, p = _mamba(n_layers=3), _prompts()
+    fast = START_LAYER_SWEEPS[experiment](model, p)
+    from_tokens = lambda *a, start_layer=None, **k: pt.sweep(*a, **k)  # noqa: E731
+    monkeypatch.setattr(cm, "sweep", from_tokens)
+    monkeypatch.setattr(ob, "sweep", from_tokens)
+    full = START_LAYER_SWEEPS[experiment](model, p)
+    assert fast.labels == full.labels and set(fast.patched) == set(full.patched)
+    for m in full.patched:
+        assert np.array_equal(fast.clean[m], full.clean[m]) and np.array_equal(fast.patched[m], full.patched[m]), m
+    assert np.abs(full.delta()).max() > 1e-4  # the sweep measured something
+
+
+def test_sweep_refuses_a_start_layer_outside_the_model():
+    model, p = _mamba(), _prompts()
+    with pytest.raises(UniversalityError, match="start layers"):
+        pt.sweep(model, p, "b", [], [0], lambda c, b: [], ["c"], "x", start_layer=lambda c: 2)
+
+
 # ------------------------------------------------------------------------------------------------ Effects helpers
 def test_select_rows_and_stack():
     clean = {"logit_B": np.array([1.0, 2.0])}

@@ -21,6 +21,9 @@ so the experiments patch those, reading and writing the hook points of the libra
   clean conv inputs x_in except the one at p - k (lag k), taken from the corrupted run; every later layer's
   h_T is frozen, so the effect can only travel conv(p) -> this layer's state -> the last position.
 
+Every patched run starts at the first layer it changes, from the clean residual there (``sweep``'s
+``start_layer``): the layers before it would only recompute the clean run, and the freezes there are no-ops.
+
 Glossary: ``n`` prompts, ``L`` positions, ``T`` = L-1 the last position, ``E`` d_inner, ``N`` d_state,
 ``K`` d_conv, ``l`` layer; positions are absolute indices into the prompt (BOS included).
 """
@@ -32,7 +35,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import UniversalityError
-from ..models.scan import causal_conv1d
+from ..models.scan import causal_conv1d, discretize
 from .effects import Effects
 from .patching import Batch, patch, position_mask, set_value, sweep
 from .task import InductionPrompts
@@ -74,9 +77,7 @@ class ScanInputs:
 
     def terms(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(Ā_t, B̄_t x_t), both [n,E,N], computed exactly as the exact scan does."""
-        d = self.delta[:, t].unsqueeze(-1)  # [n,E,1]
-        A_bar = torch.exp(d * self.A)  # [n,E,N]
-        B_bar = d * self.B[:, t].unsqueeze(1)  # [n,E,N]
+        A_bar, B_bar = discretize(self.delta[:, t], self.A, self.B[:, t])  # [n,E,N] each
         return A_bar, B_bar * self.x[:, t].unsqueeze(-1)
 
 
@@ -168,7 +169,7 @@ def state_patching(model, prompts: InductionPrompts, layers=None, position_sets:
     labels = [f"layer {l}" if len(sets) == 1 else f"layer {l} @{s}" for l, s in comps]
     return sweep(model, prompts, corruption, names, comps, make, labels, experiment,
                  rows=[f"layer {l}" for l in layers], cols=list(sets), run_kwargs=EXACT, progress=progress,
-                 meta={"abar_shift": abar_shift})
+                 meta={"abar_shift": abar_shift}, start_layer=lambda comp: comp[0])
 
 
 def y_to_logits(model, prompts: InductionPrompts, layers=None, corruption: str = "no_repeat",
@@ -186,7 +187,8 @@ def y_to_logits(model, prompts: InductionPrompts, layers=None, corruption: str =
         return hooks
 
     return sweep(model, prompts, corruption, names, layers, make, [f"layer {l}" for l in layers], "y -> logits",
-                 rows=[f"layer {l}" for l in layers], cols=["y"], progress=progress)  # no state hook: fast scan
+                 rows=[f"layer {l}" for l in layers], cols=["y"], progress=progress,  # no state hook: fast scan
+                 start_layer=lambda l: l)
 
 
 def conv_to_state_to_logits(model, prompts: InductionPrompts, layer: int, out_offsets: Sequence[int] = (0, 1, 2),
@@ -233,4 +235,4 @@ def conv_to_state_to_logits(model, prompts: InductionPrompts, layer: int, out_of
                  f"layer {layer}: conv input -> conv -> state -> logits",
                  rows=[f"conv @{sign(o)}" for o in out_offsets], cols=[f"lag {k}" for k in lags], run_kwargs=EXACT,
                  progress=progress, meta={"layer": layer, "anchor": anchor, "out_offsets": list(out_offsets),
-                                          "lags": lags})
+                                          "lags": lags}, start_layer=lambda comp: layer)

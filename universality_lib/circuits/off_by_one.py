@@ -47,7 +47,7 @@ from ..presets import Preset, get as get_preset
 from . import mamba as cm
 from . import transformer as ct
 from .effects import Effects, stack
-from .patching import Batch, patch, position_mask, run_cache, set_value, sweep
+from .patching import Batch, patch, position_mask, resid_pre_name, run_cache, set_value, sweep
 from .task import InductionPrompts, TaskConfig, task_config
 
 OFFSETS = (0, 1, 2, 3)  # B, B+1, B+2, B+3: the positions whose conv window holds B (K = 4)
@@ -237,7 +237,8 @@ def state_write_variants(model, prompts: InductionPrompts, layer: int, variants:
     cols = [offset_label(k) for k in offsets]
     return sweep(model, prompts, "b", names, comps, make, [f"{v} @{offset_label(k)}" for v, k in comps],
                  f"layer {layer}: state write at B+k, variants", rows=list(variants), cols=cols,
-                 run_kwargs=cm.EXACT, progress=progress, meta={"layer": layer, "offsets": offsets})
+                 run_kwargs=cm.EXACT, progress=progress, meta={"layer": layer, "offsets": offsets},
+                 start_layer=lambda comp: layer)
 
 
 # ----------------------------------------------------------------------------------- the Transformer control
@@ -252,10 +253,6 @@ def head_offset_sweep(model, prompts: InductionPrompts, receiver, offsets: Seque
                  meta={"offsets": offsets, "sender_offset": None})
 
 
-def resid_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_pre"
-
-
 def residual_offset_sweep(model, prompts: InductionPrompts, offsets: Sequence[int] = OFFSETS, layers=None,
                           corruption: str = "b", progress: bool = True) -> Effects:
     """The residual stream entering each layer (``hook_resid_pre``) patched from the corrupted run at one
@@ -266,17 +263,17 @@ def residual_offset_sweep(model, prompts: InductionPrompts, offsets: Sequence[in
     layers = list(range(nl)) if layers is None else [int(l) for l in layers]
     if not layers or any(not 0 <= l < nl for l in layers):
         raise UniversalityError(f"layers {layers}: the model has {nl} layers")
-    names = [resid_name(l) for l in layers]
+    names = [resid_pre_name(l) for l in layers]
     comps = [(l, k) for l in layers for k in offsets]
 
     def make(comp, b):
         l, k = comp
-        return [patch(resid_name(l), b.corrupt_cache[resid_name(l)], b.pos_b + k)]
+        return [patch(resid_pre_name(l), b.corrupt_cache[resid_pre_name(l)], b.pos_b + k)]
 
     return sweep(model, prompts, corruption, names, comps, make,
                  [f"resid_pre {l} @{offset_label(k)}" for l, k in comps], "residual stream at B+k -> logits",
                  rows=[f"resid_pre {l}" for l in layers], cols=[offset_label(k) for k in offsets], progress=progress,
-                 meta={"offsets": offsets})
+                 meta={"offsets": offsets}, start_layer=lambda comp: comp[0])
 
 
 # ----------------------------------------------------------------------------------- the write, lag by lag

@@ -138,13 +138,18 @@ def run_cache(model, tokens: torch.Tensor, names: Iterable[str], **run_kwargs) -
 
 
 @torch.no_grad()
-def run_patched(model, tokens: torch.Tensor, hooks: list[Hook], **run_kwargs) -> torch.Tensor:
-    """Logits of ``model`` on ``tokens`` with ``hooks`` applied (or the residual when ``stop_at_layer`` is
-    given)."""
+def run_patched(model, input: torch.Tensor, hooks: list[Hook], **run_kwargs) -> torch.Tensor:
+    """Logits of ``model`` on ``input`` (tokens, or with ``start_at_layer`` the residual entering that block) with
+    ``hooks`` applied (or the residual when ``stop_at_layer`` is given)."""
     for n, _ in hooks:
         if n not in model.hook_dict:
             raise UniversalityError(f"no hook point {n!r} in this model")
-    return model.run_with_hooks(tokens.to(model_device(model)), fwd_hooks=list(hooks), **run_kwargs)
+    return model.run_with_hooks(input.to(model_device(model)), fwd_hooks=list(hooks), **run_kwargs)
+
+
+def resid_pre_name(layer: int) -> str:
+    """The residual stream entering block ``layer`` (both families)."""
+    return f"blocks.{layer}.hook_resid_pre"
 
 
 # ------------------------------------------------------------------------------------------ the sweep
@@ -175,21 +180,30 @@ def targets_of(prompts: InductionPrompts, corrupt: InductionPrompts | None) -> d
 def sweep(model, prompts: InductionPrompts, corruption: str, cache_names: Iterable[str], components: Sequence,
           make_hooks: Callable[[object, Batch], list[Hook]], labels: Sequence[str], experiment: str,
           rows=None, cols=None, run_kwargs: dict | None = None, progress: bool = True, meta: dict | None = None,
-          ) -> Effects:
+          start_layer: Callable[[object], int] | None = None) -> Effects:
     """Patch each component in turn over all prompts; returns the per-prompt metrics as :class:`Effects`.
 
     For each batch: the clean and the corrupted prompts run once with ``cache_names`` cached; the clean
     metric comes from the clean run; then for every component ``make_hooks(component, batch)`` gives the
     hooks of one patched run on the clean prompt.
 
+    ``start_layer(component)``, when given, is the first block that component's hooks change. Every block
+    before it computes exactly what the clean run did, so its patched run starts there, from the clean
+    run's ``blocks.{l}.hook_resid_pre`` (``start_at_layer=l``, as in TransformerLens), instead of from the
+    tokens: the same numbers for fewer blocks. Hooks on earlier blocks are then never called, so they must be
+    freezes to clean values (no-ops there); the tests compare every such sweep with a run from the tokens.
+
     After every batch the precision rule of ``prompts.config`` (:meth:`TaskConfig.precision`, on ``logit_B``
     decreases) is checked; ``meta["n_needed"]`` is the first count at which it held (None: not within the
     prompts). With ``TaskConfig.stop_early`` the sweep stops there, and the result holds the prompts used.
     """
     run_kwargs = dict(run_kwargs or {})
-    cache_names = list(cache_names)
     if len(labels) != len(components):
         raise UniversalityError("sweep: one label per component")
+    first = [0 if start_layer is None else int(start_layer(c)) for c in components]
+    if any(not 0 <= f < model.cfg.n_layers for f in first):
+        raise UniversalityError(f"sweep: start layers {sorted(set(first))} outside 0..{model.cfg.n_layers - 1}")
+    cache_names = list(cache_names) + [resid_pre_name(f) for f in sorted(set(first)) if f > 0]
     corrupt_all = prompts.corrupt(corruption)
     targets = targets_of(prompts, corrupt_all)
     clean_v: dict[str, list] = {f"{k}_{t}": [] for t in targets for k in ("logit", "prob")}
@@ -209,8 +223,9 @@ def sweep(model, prompts: InductionPrompts, corruption: str, cache_names: Iterab
             clean_v[f"logit_{t}"].append(lg.numpy())
             clean_v[f"prob_{t}"].append(pr.numpy())
         per_comp = {m: [] for m in clean_v}
-        for comp in components:
-            out = run_patched(model, clean.tokens, make_hooks(comp, batch), **run_kwargs)
+        for comp, f in zip(components, first):
+            start = dict(input=cc[resid_pre_name(f)], start_at_layer=f) if f > 0 else dict(input=clean.tokens)
+            out = run_patched(model, hooks=make_hooks(comp, batch), **start, **run_kwargs)
             for t, v in tg.items():
                 lg, pr = target_scores(out, v)
                 per_comp[f"logit_{t}"].append(lg.numpy())

@@ -35,7 +35,9 @@ Glossary: our name, mamba_ssm's (``Mamba.forward`` and ``selective_scan_ref``), 
     are in :mod:`.mamba_io`. The recurrence h_t = A_bar_t h_{t-1} + B_bar_t x_t, y_t = h_t C_t is in :mod:`.scan`.
 
 Scan modes. ``"exact"`` runs :func:`universality_lib.models.scan.reference_scan`, the per-position PyTorch loop,
-with A_bar/B_bar materialised and every state passing through ``hook_h.{t}``: patching h_t changes
+with A_bar/B_bar materialised when ``hook_A_bar`` / ``hook_B_bar`` are hooked (else made position by position,
+:func:`~universality_lib.models.scan.reference_scan_stepwise`: the same numbers) and every state passing through
+``hook_h.{t}``: patching h_t changes
 h_{t+1} = A_bar_{t+1} h_t + B_bar_{t+1} x_{t+1} and everything after. ``"fast"`` runs the fused numba scan (no
 [b,l,e,n] tensors, no per-position hooks) but still fires every other hook, so activation collection works in
 fast mode. The rule (our choice): with ``scan=None`` a run is fast *unless* a hook is attached to one of
@@ -70,7 +72,7 @@ from transformer_lens.hook_points import HookPoint
 from ..errors import UniversalityError
 from . import mamba_io
 from .mamba_config import MambaConfig
-from .scan import causal_conv1d, discretize, reference_scan, selective_scan_fast
+from .scan import causal_conv1d, discretize, reference_scan, reference_scan_stepwise, selective_scan_fast
 
 __all__ = ["MambaConfig", "HookedMamba", "MambaBlock", "RMSNorm", "EXACT_ONLY_HOOKS"]
 
@@ -166,11 +168,13 @@ class MambaBlock(nn.Module):
         hook_A_bar, hook_B_bar, hook_h_start and hook_h.{t}; fast: :func:`.scan.selective_scan_fast`."""
         if not exact:
             return selective_scan_fast(x, delta, A, B, C)  # [b,l,e]
-        A_bar, B_bar = discretize(delta, A, B)  # [b,l,e,n] each
-        A_bar, B_bar = self.hook_A_bar(A_bar), self.hook_B_bar(B_bar)  # [b,l,e,n] each
         h0 = self.hook_h_start(x.new_zeros(x.shape[0], self.cfg.d_inner, self.cfg.d_state))  # [b,e,n]
         hooked = set(self.hooked_states(x.shape[1]))  # positions past n_ctx have no hook (HookedMamba.forward checks)
         state_hook = (lambda t, h: self.hook_h[t](h) if t in hooked else h) if hooked else None  # h: [b,e,n]
+        if not (_has_hooks(self.hook_A_bar) or _has_hooks(self.hook_B_bar)):  # nobody reads them: never build them
+            return reference_scan_stepwise(delta, A, B, x, C, h0=h0, state_hook=state_hook)  # [b,l,e]
+        A_bar, B_bar = discretize(delta, A, B)  # [b,l,e,n] each
+        A_bar, B_bar = self.hook_A_bar(A_bar), self.hook_B_bar(B_bar)  # [b,l,e,n] each
         return reference_scan(A_bar, B_bar, x, C, h0=h0, state_hook=state_hook)  # [b,l,e]
 
     def hooked_states(self, l: int) -> List[int]:
@@ -306,7 +310,8 @@ class HookedMamba(HookedRootModule):
 
     def forward(self, input: Union[torch.Tensor, str, List[str]], return_type: Optional[str] = "logits",
                 scan: Optional[str] = None, stop_at_layer: Optional[int] = None, prepend_bos: Optional[bool] = None,
-                loss_per_token: bool = False, **ignored: Any):
+                loss_per_token: bool = False, start_at_layer: Optional[int] = None,
+                tokens: Optional[torch.Tensor] = None, **ignored: Any):
         """Run the model (mamba-minimal ``Mamba.forward``).
 
         Args:
@@ -317,29 +322,50 @@ class HookedMamba(HookedRootModule):
             scan: "fast", "exact" or None (fast, switched to exact when an exact-only hook point has a hook).
             stop_at_layer: if given, run blocks ``0..stop_at_layer-1`` and return that residual [b,l,d]
                 (negative values count from the end, as in TransformerLens).
+            start_at_layer: if given, ``input`` is the residual stream entering that block (``hook_resid_pre``,
+                [b,l,d] float) and the run starts there (inclusive; negative counts from the end), as
+                ``HookedTransformer.forward(start_at_layer=...)``; a loss then needs ``tokens`` [b,l].
             **ignored: extra TransformerLens/sae-lens keyword arguments (e.g. ``padding_side``) are accepted
                 and ignored.
         """
-        tokens = self.to_tokens(input, prepend_bos=prepend_bos) if isinstance(input, (str, list)) else input
-        if not torch.is_tensor(tokens) or tokens.dtype not in (torch.long, torch.int, torch.int32, torch.int16):
-            raise UniversalityError("HookedMamba.forward expects a LongTensor of token ids [B, L], a str or a list[str]")
-        tokens = (tokens.unsqueeze(0) if tokens.dim() == 1 else tokens).to(self.embed.weight.device).long()  # [b,l]
         if return_type not in ("logits", "loss", "both", None):
             raise UniversalityError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
-        if tokens.shape[1] == 0:
+        n_layers = self.cfg.n_layers
+        first = 0
+        if start_at_layer is not None:
+            first = int(start_at_layer) + (n_layers if start_at_layer < 0 else 0)
+            resid = input
+            if not torch.is_tensor(resid) or not resid.is_floating_point() or resid.dim() != 3 \
+                    or resid.shape[-1] != self.cfg.d_model or not 0 <= first < n_layers:
+                raise UniversalityError(f"start_at_layer={start_at_layer} needs the residual stream entering that block "
+                                        f"as input, a float tensor [B, L, d_model={self.cfg.d_model}], and a layer in "
+                                        f"0..{n_layers - 1} (negative counts from the end)")
+            if return_type in ("loss", "both") and tokens is None:
+                raise UniversalityError("a loss from start_at_layer needs tokens=[B, L] (as HookedTransformer.forward)")
+            length = resid.shape[1]
+        else:
+            tokens = self.to_tokens(input, prepend_bos=prepend_bos) if isinstance(input, (str, list)) else input
+        if tokens is not None:
+            if not torch.is_tensor(tokens) or tokens.dtype not in (torch.long, torch.int, torch.int32, torch.int16):
+                raise UniversalityError("HookedMamba.forward expects a LongTensor of token ids [B, L], a str or a "
+                                        "list[str]")
+            tokens = (tokens.unsqueeze(0) if tokens.dim() == 1 else tokens).to(self.embed.weight.device).long()  # [b,l]
+            length = tokens.shape[1]
+        if length == 0:
             raise UniversalityError("HookedMamba.forward got 0 tokens per row: give at least one token")
-        if return_type in ("loss", "both") and tokens.shape[1] < 2:
-            raise UniversalityError(f"a next-token loss needs at least 2 tokens per row, got {tokens.shape[1]} (an "
+        if return_type in ("loss", "both") and length < 2:
+            raise UniversalityError(f"a next-token loss needs at least 2 tokens per row, got {length} (an "
                                     f"empty string is only BOS): give longer input, or return_type='logits'")
-        exact = self._resolve_scan(scan, tokens.shape[1])
+        exact = self._resolve_scan(scan, length)
         if exact:
-            self._check_state_hooks(tokens.shape[1])
-        n_run = self.cfg.n_layers
+            self._check_state_hooks(length)
+        n_run = n_layers
         if stop_at_layer is not None:
-            n_run = stop_at_layer if stop_at_layer >= 0 else self.cfg.n_layers + stop_at_layer
+            n_run = stop_at_layer if stop_at_layer >= 0 else n_layers + stop_at_layer
 
-        resid = self.hook_embed(self.embed(tokens))  # [b,l,d]
-        for blk in self.blocks[:n_run]:
+        if start_at_layer is None:
+            resid = self.hook_embed(self.embed(tokens))  # [b,l,d]
+        for blk in self.blocks[first:n_run]:
             resid = blk(resid, exact=exact)  # [b,l,d]
         if stop_at_layer is not None:
             return resid  # [b,l,d]

@@ -29,7 +29,8 @@ Two implementations live here.
    PyTorch. It takes the materialised A_bar and B_bar (so a caller can hook them), and it calls a
    ``state_hook(t, h)`` after every position, so the state h_t can be read or *replaced*; the next
    position is computed from whatever the hook returned. Autograd differentiates it. This is the
-   specification; everything else is tested against it.
+   specification; everything else is tested against it. :func:`reference_scan_stepwise` is the same loop
+   with A_bar_t, B_bar_t made at each position (no [b, l, e, n] tensors; equal numbers, about twice as fast).
 
 2. :func:`selective_scan_fast`: a fused kernel for training and activation collection. With numba it
    is a ``torch.autograd.Function`` (:class:`_NumbaSelectiveScan`) around two ``numba.njit(parallel=True)``
@@ -109,6 +110,7 @@ except Exception:  # mamba_ssm absent or broken (the usual case on CPU)
 __all__ = [
     "HAVE_NUMBA",
     "reference_scan",
+    "reference_scan_stepwise",
     "selective_scan_reference",
     "selective_scan_fast",
     "discretize",
@@ -126,10 +128,11 @@ def discretize(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
     """Zero-order-hold A and Euler B, as in Mamba-1 (and MambaLens): mamba_ssm ``selective_scan_ref``'s ``deltaA``
     and ``deltaB_u`` (before the product with u), mamba-minimal ``selective_scan``'s ``deltaA`` / ``deltaB_u``.
 
-    Returns ``(A_bar, B_bar)``, both [b, l, e, n]: ``A_bar = exp(delta * A)``, ``B_bar = delta * B``.
+    Returns ``(A_bar, B_bar)``, both [b, l, e, n]: ``A_bar = exp(delta * A)``, ``B_bar = delta * B``. The same
+    call on one position (delta [b, e], B [b, n]) gives that position's [b, e, n] pair.
     """
     A_bar = torch.exp(delta.unsqueeze(-1) * A)  # [b,l,e,n] = exp([b,l,e,1] * [e,n])
-    B_bar = delta.unsqueeze(-1) * B.unsqueeze(2)  # [b,l,e,n] = [b,l,e,1] * [b,l,1,n]
+    B_bar = delta.unsqueeze(-1) * B.unsqueeze(-2)  # [b,l,e,n] = [b,l,e,1] * [b,l,1,n]
     return A_bar, B_bar
 
 
@@ -154,13 +157,39 @@ def reference_scan(
         state_hook: if given, called as ``h = state_hook(t, h)`` after the update at position t; the
             returned tensor is what position t+1 is computed from and what y[t] reads.
     """
-    Bsz, L, E, N = A_bar.shape
-    h = h0 if h0 is not None else x.new_zeros(Bsz, E, N)  # [b,e,n]
-    ys = []
     # unbind (not A_bar[:, t]) so autograd stacks the per-position grads once instead of L full-size adds
-    A_t, B_t, x_t, C_t = A_bar.unbind(1), B_bar.unbind(1), x.unbind(1), C.unbind(1)  # L x [b,e,n]/[b,e]/[b,n]
+    A_t, B_t = A_bar.unbind(1), B_bar.unbind(1)  # L x [b,e,n]
+    return _recurrence(lambda t: (A_t[t], B_t[t]), x, C, h0, state_hook)
+
+
+def reference_scan_stepwise(
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    x: torch.Tensor,
+    C: torch.Tensor,
+    h0: Optional[torch.Tensor] = None,
+    state_hook: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+) -> torch.Tensor:
+    """:func:`reference_scan` ``(*discretize(delta, A, B), x, C, h0, state_hook)``, with each position's A_bar_t and
+    B_bar_t made by :func:`discretize` when the loop reaches it: the same elementwise formulas, so the same numbers
+    (tested), without the two [b, l, e, n] tensors. The exact scan of a block whose ``hook_A_bar`` / ``hook_B_bar``
+    nobody hooks; the loop stays in cache instead of streaming 2 x b·l·e·n floats through memory.
+
+    Args: delta [b, l, e], A [e, n], B [b, l, n]; the rest as :func:`reference_scan`."""
+    d_t, B_t = delta.unbind(1), B.unbind(1)  # L x [b,e] / [b,n]
+    return _recurrence(lambda t: discretize(d_t[t], A, B_t[t]), x, C, h0, state_hook)
+
+
+def _recurrence(terms: Callable[[int], tuple], x: torch.Tensor, C: torch.Tensor, h0, state_hook) -> torch.Tensor:
+    """The loop both reference scans share: ``terms(t)`` gives (A_bar_t, B_bar_t), [b, e, n] each."""
+    Bsz, L, E = x.shape
+    h = h0 if h0 is not None else x.new_zeros(Bsz, E, C.shape[-1])  # [b,e,n]
+    ys = []
+    x_t, C_t = x.unbind(1), C.unbind(1)  # L x [b,e] / [b,n]
     for t in range(L):
-        h = A_t[t] * h + B_t[t] * x_t[t].unsqueeze(-1)  # [b,e,n]
+        A_bar, B_bar = terms(t)  # [b,e,n] each
+        h = A_bar * h + B_bar * x_t[t].unsqueeze(-1)  # [b,e,n]
         if state_hook is not None:
             h = state_hook(t, h)  # [b,e,n]
         ys.append(torch.matmul(h, C_t[t].unsqueeze(-1)).squeeze(-1))  # [b,e] = [b,e,n] @ [b,n,1]
