@@ -291,6 +291,24 @@ def test_hook_names_and_stop_at_layer(model):
     assert isinstance(model.cfg.device, torch.device) and model.cfg.default_prepend_bos is True
 
 
+def test_reset_hooks_visits_busy_points_with_transformer_lens_effect(model):
+    """HookedMamba's reset walks only the hook points holding something: temporary hooks and contexts go, permanent
+    hooks stay unless asked, as HookedRootModule.reset_hooks does."""
+    toks = _tokens(b=1)
+    seen = []
+    model.add_hook("blocks.0.hook_h.3", lambda h, hook: seen.append("temp") or h)
+    model.add_hook("blocks.1.hook_y", lambda a, hook: seen.append("perm") or a, is_permanent=True)
+    model.hook_dict["blocks.1.hook_conv"].ctx["x"] = 1
+    model.reset_hooks()
+    assert all(not hp.ctx for hp in model.hook_dict.values())
+    model(toks, scan="exact")
+    assert seen == ["perm"]
+    model.reset_hooks(including_permanent=True)
+    assert all(not (hp.fwd_hooks or hp.bwd_hooks) for hp in model.hook_dict.values())
+    model(toks)
+    assert seen == ["perm"]
+
+
 def test_init_deterministic_and_mamba_ssm_like():
     cfg = dict(d_model=32, n_layers=3, d_vocab=50, seed=123)
     a, b = HookedMamba(MambaConfig(**cfg)), HookedMamba(MambaConfig(**cfg))

@@ -80,27 +80,32 @@ def _split_of(relpath: str, splits) -> str:
     return splits[-1][0]
 
 
-def _stdlib_files(root: Path, include_tests: bool) -> Iterator[Path]:
-    """Every ``*.py`` of the corpus walk under ``root`` (before the UTF-8 check), in walk order."""
-    for dirpath, dirnames, filenames in os.walk(root):
+def _stdlib_files(root: Path, include_tests: bool) -> Iterator[tuple[str, str]]:
+    """``(relative posix path, full path)`` of every ``*.py`` of the corpus walk under ``root`` (before the UTF-8
+    check), in walk order. Plain strings: :func:`_corpus_key` stats every file on each call, and ``pathlib``
+    objects cost three times the ``stat`` itself there."""
+    top = str(root)
+    for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "__pycache__")
                              and not d.startswith("config-")
                              and (include_tests or d not in ("test", "tests", "idle_test")))
+        rel = os.path.relpath(dirpath, top).replace(os.sep, "/")
         for fn in sorted(filenames):
             if fn.endswith(".py") and not fn.startswith("_sysconfigdata"):
-                yield Path(dirpath) / fn
+                yield (fn if rel == "." else f"{rel}/{fn}"), os.path.join(dirpath, fn)
 
 
 def stdlib_documents(include_tests: bool = True, max_files: int | None = None) -> dict[str, str]:
     """``{relative path: text}`` of the standard library sources, sorted by path."""
     root = stdlib_root()
     docs: dict[str, str] = {}
-    for path in _stdlib_files(root, include_tests):
+    for rel, path in _stdlib_files(root, include_tests):
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
         except (UnicodeDecodeError, OSError):
             continue  # a handful of test files are deliberately not UTF-8
-        docs[path.relative_to(root).as_posix()] = text
+        docs[rel] = text
     docs = dict(sorted(docs.items()))
     if max_files is not None:  # a spread-out, deterministic subset (by path hash), kept in path order
         keep = sorted(docs, key=lambda p: hashlib.sha256(b"subset:" + p.encode()).hexdigest())[:max_files]
@@ -209,12 +214,12 @@ def _corpus_key(p: Preset) -> tuple | None:
         return None
     root = stdlib_root()
     files = []
-    for path in _stdlib_files(root, c.include_tests):
+    for rel, path in _stdlib_files(root, c.include_tests):
         try:
-            st = path.stat()
+            st = os.stat(path)
         except OSError:
             continue
-        files.append((path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+        files.append((rel, st.st_size, st.st_mtime_ns))
     pins = json.dumps([sources.get(n).spec() for n in c.text_sources], sort_keys=True)
     return (c, platform.python_version(), str(root), pins, hashlib.sha256(repr(files).encode()).hexdigest())
 

@@ -240,7 +240,7 @@ def _make_trainer(runner_cfg, sae, provider, n_steps: int, progress: bool, cfg: 
             l1 = self.coefficient_schedulers.get("l1")
             if target is not None and l1 is not None and l1.warm_up_steps <= self.n_training_steps < control_end:
                 with torch.no_grad():
-                    l0 = max((out.feature_acts > 0).float().sum(-1).mean().item(), 0.5)
+                    l0 = max((out.feature_acts > 0).sum(-1).float().mean().item(), 0.5)  # no [b, F] float copy
                 err = min(max(math.log(l0 / target), -1.0), 1.0)  # clipped: early on L0 is far above any target
                 l1.final_value = float(l1.final_value * math.exp(cfg.l0_gain * err))
                 l1.current_value = l1.final_value  # the next step reads current_value
@@ -255,7 +255,7 @@ def _make_trainer(runner_cfg, sae, provider, n_steps: int, progress: bool, cfg: 
                 self.curve.append({
                     "step": n, "tokens": n * runner_cfg.train_batch_size_tokens,
                     **{k: round(float(v), 6) for k, v in step_output.losses.items()},
-                    "l0": round((f > 0).float().sum(-1).mean().item(), 3),
+                    "l0": round((f > 0).sum(-1).float().mean().item(), 3),
                     "fve": round(1.0 - (x - xh).pow(2).sum().item() / max(var, 1e-12), 5),
                     "lr": self.optimizer.param_groups[0]["lr"],
                     **({"l1_coefficient": round(self.coefficient_schedulers["l1"].value, 6)}
