@@ -198,7 +198,8 @@ def test_start_at_layer_continues_from_the_residual(model):
             assert torch.equal(loss, model(toks, return_type="loss", scan=scan))
     resid = cache["blocks.1.hook_resid_pre"]
     for bad in (dict(input=toks, start_at_layer=1), dict(input=resid, start_at_layer=N_LAYERS),
-                dict(input=resid[..., :-1], start_at_layer=1), dict(input=resid, start_at_layer=1, return_type="loss")):
+                dict(input=resid[..., :-1], start_at_layer=1), dict(input=resid, start_at_layer=1, return_type="loss"),
+                dict(input=resid, start_at_layer=1, return_type="loss", tokens=toks[:, :-1])):
         with pytest.raises(UniversalityError, match="start_at_layer"):
             model(**bad)
 

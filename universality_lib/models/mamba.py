@@ -367,6 +367,9 @@ class HookedMamba(HookedRootModule):
                 raise UniversalityError("HookedMamba.forward expects a LongTensor of token ids [B, L], a str or a "
                                         "list[str]")
             tokens = (tokens.unsqueeze(0) if tokens.dim() == 1 else tokens).to(self.embed.weight.device).long()  # [b,l]
+            if start_at_layer is not None and tokens.shape != resid.shape[:2]:
+                raise UniversalityError(f"start_at_layer: tokens {tuple(tokens.shape)} do not match the residual "
+                                        f"stream's [B, L] = {tuple(resid.shape[:2])}")
             length = tokens.shape[1]
         if length == 0:
             raise UniversalityError("HookedMamba.forward got 0 tokens per row: give at least one token")
