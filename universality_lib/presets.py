@@ -256,7 +256,8 @@ _TINY = Preset(
     # copy starts there (T and T2 lean on the same shortcut, less). Tried against it (recipe_trials.json): pair rows
     # by fine-tuning the shipped models (benchmarks/zoo_pb_trials.py), and an M from scratch with tile offsets and pair
     # rows (mamba_tile_offset_max 32, mamba_repeat_pair_frac 0.5; session 10): clean p(B) 0.001 and every induction
-    # ratio over 0.5, so neither field is set here.
+    # ratio over 0.5, so neither field is set here. T / T2 from scratch with tile_offset_max 32 (session 12) formed
+    # induction over 900 steps later (T2 in the last 100 steps, T not at all; recipe_trials.json): not set either.
     mamba=MambaSize(n_layers=8, d_model=96, d_state=64, tie_embeddings=True),
     train=TrainConfig(tokens=16_000_000, batch_size=64, context=128, lr=2e-3, mamba_lr=5e-3, warmup_steps=200,
                       repeat_frac=0.75, repeat_span=64, repeat_mode="sequence", repeat_min_period=1,
