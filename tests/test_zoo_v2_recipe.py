@@ -62,3 +62,9 @@ def test_train_models_refuses_bad_jobs(jobs):
 def test_train_models_refuses_unknown_model_first():
     with pytest.raises(UniversalityError, match="unknown model"):
         zoo.train_models("smoke", ["T", "Q"])
+
+
+def test_train_models_starts_the_longest_runs_first():
+    # the Mamba's steps take twice a Transformer's: on a 2-core CPU, M on one core, T then T2 on the other
+    assert zoo.longest_first("tiny", ["T", "T2", "M"]) == ["M", "T", "T2"]
+    assert zoo.longest_first("tiny", ["T2", "T"]) == ["T2", "T"]
