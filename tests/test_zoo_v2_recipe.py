@@ -68,3 +68,25 @@ def test_train_models_starts_the_longest_runs_first():
     # the Mamba's steps take twice a Transformer's: on a 2-core CPU, M on one core, T then T2 on the other
     assert zoo.longest_first("tiny", ["T", "T2", "M"]) == ["M", "T", "T2"]
     assert zoo.longest_first("tiny", ["T2", "T"]) == ["T2", "T"]
+
+
+def test_train_models_records_the_whole_command_once_every_model_is_installed(tmp_path, monkeypatch):
+    installed, finished = {}, {"T": True, "M": False}
+
+    def fake_train_model(p, name, device=None, work_dir=None, max_steps=None, progress=True):
+        installed[name] = work_dir
+        return tmp_path / name if finished[name] else None
+
+    monkeypatch.setattr(zoo, "train_model", fake_train_model)
+    record = zoo.model_dir("smoke", "T").parent / zoo.RUN_RECORD
+    record.unlink(missing_ok=True)
+    (tmp_path / "w" / "M" / "checkpoint").mkdir(parents=True)  # M continues from a checkpoint
+    done = zoo.train_models("smoke", ["T", "M"], work_dir=tmp_path / "w", jobs=1)
+    assert done == {"T": tmp_path / "T", "M": None} and not record.exists()  # M not finished: nothing recorded
+    assert installed["M"] == tmp_path / "w" / "M"
+    finished["M"] = True
+    zoo.train_models("smoke", ["T", "M"], work_dir=tmp_path / "w", jobs=1)
+    run = zoo.run_record("smoke")
+    assert run["models"] == ["T", "M"] and run["order"] == ["M", "T"] and run["jobs"] == 1
+    assert run["resumed"] == ["M"] and run["wall_seconds"] >= 0 and run["threads"] >= 1
+    assert run["machine"] and run["started"] <= run["finished"]

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-steps", type=int, default=None, help="stop after N steps this sitting")
     t.add_argument("--work-dir", default=None, help="where resumable checkpoints go")
     t.add_argument("--jobs", type=int, default=None,
-                   help="models trained side by side (default: all of them on a CPU, one thread each; 1 on a GPU)")
+                   help="models trained side by side (default: one per core on a CPU, longest first; 1 on a GPU)")
 
     b = sub.add_parser("book", help="execute every chapter with papermill and build the HTML book")
     _preset_arg(b)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -199,7 +200,7 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
         raise UniversalityError("the 'paper' preset uses the published checkpoints; there is nothing to train.")
     dev = resolve_device(device)
     check_max_steps(max_steps)
-    work = Path(work_dir) if work_dir else cache.cache_dir() / "runs" / p.name / _key(p) / name
+    work = run_dir(p, name, work_dir)
     cache.writable_dir(work, "the training folder", "choose another --work-dir (work_dir=)")
     tok = corpus.load_tokenizer(p)
     stream = corpus.token_stream(p, "lm_train", tok)
@@ -231,6 +232,15 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
     return dest
 
 
+def run_dir(preset: "str | Preset", name: str, work_dir: str | Path | None = None) -> Path:
+    """The resumable training folder of ``name`` (``work_dir`` given: that folder itself; else in the cache)."""
+    p = get_preset(preset)
+    return Path(work_dir) if work_dir else cache.cache_dir() / "runs" / p.name / _key(p) / name
+
+
+RUN_RECORD = "train_run.json"  # beside the installed models: the last whole `train` command that finished them
+
+
 def train_models(preset: "str | Preset", models: list[str] | None = None, device: str | None = None,
                  work_dir: str | Path | None = None, max_steps: int | None = None,
                  jobs: int | None = None) -> dict[str, Path | None]:
@@ -255,16 +265,42 @@ def train_models(preset: "str | Preset", models: list[str] | None = None, device
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UniversalityError(f"jobs must be a whole number >= 1 (models trained side by side), got {jobs!r}.")
     work = lambda name: Path(work_dir) / name if work_dir else None  # noqa: E731
+    resumed = sorted(n for n in models if (run_dir(p, n, work(n)) / "checkpoint").exists())
+    t0, started = time.time(), _utc_now()
     if jobs == 1 or len(models) == 1:
-        return {n: train_model(p, n, device=device, work_dir=work(n), max_steps=max_steps) for n in models}
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+        threads = torch.get_num_threads()
+        done = {n: train_model(p, n, device=device, work_dir=work(n), max_steps=max_steps) for n in models}
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(models)))
-    with ProcessPoolExecutor(max_workers=min(jobs, len(models)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        futures = {n: pool.submit(train_model, p, n, device, work(n), max_steps, True) for n in longest_first(p, models)}
-        return {n: futures[n].result() for n in models}
+        threads = max(1, (os.cpu_count() or 1) // min(jobs, len(models)))
+        with ProcessPoolExecutor(max_workers=min(jobs, len(models)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            futures = {n: pool.submit(train_model, p, n, device, work(n), max_steps, True)
+                       for n in longest_first(p, models)}
+            done = {n: futures[n].result() for n in models}
+    if all(done.values()):  # every model installed: record what the whole command took
+        cache.atomic_write_json(model_dir(p, models[0]).parent / RUN_RECORD, {
+            "preset": p.name, "models": models, "order": longest_first(p, models),
+            "jobs": min(jobs, len(models)), "threads": threads, "device": dev.type, "machine": device_name(dev),
+            "cpu_count": os.cpu_count(), "started": started, "finished": _utc_now(),
+            "wall_seconds": round(time.time() - t0, 1),
+            # models that continued from a checkpoint: their earlier sittings are not in wall_seconds
+            "resumed": resumed,
+        })
+    return done
+
+
+def run_record(preset: "str | Preset") -> dict:
+    """What the last whole ``train`` command of ``preset`` took (:data:`RUN_RECORD`); {} when none finished."""
+    p = get_preset(preset)
+    path = model_dir(p, names(p)[0]).parent / RUN_RECORD
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def longest_first(preset: "str | Preset", models: list[str]) -> list[str]:
