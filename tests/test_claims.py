@@ -230,3 +230,32 @@ def test_verdicts_of_a_run_before_claims(name):
     inputs, passed = SMOKE_BEFORE[name]
     k = next(k for k in claims.CHECKS.values() if k.name == name)
     assert k(**inputs)[1] is passed
+
+
+def test_train_budget_is_recorded_from_the_whole_command(results_env, monkeypatch):
+    from universality_lib import zoo
+
+    monkeypatch.setenv("UNIVERSALITY_PRESET", "tiny")
+    ch = "01_two_architectures"
+    monkeypatch.setenv("UNIVERSALITY_CHAPTER", ch)
+    run = {"models": ["T", "T2", "M"], "order": ["M", "T", "T2"], "jobs": 2, "threads": 1, "machine": "x86_64 CPU x2",
+           "cpu_count": 2, "started": "2026-12-03T15:21:08Z", "finished": "2026-12-03T17:05:00Z",
+           "wall_seconds": 6300.0, "resumed": []}
+    monkeypatch.setattr(zoo, "run_record", lambda p: dict(run))
+    assert claims.record_train_budget("tiny")["wall_seconds"] == 6300.0
+    [r] = [r for r in results.load_chapter(ch) if r["name"] == "zoo_train_hours"]
+    assert r["value"] == 1.75 and r["passed"] is True and r["unit"] == "h" and "M, T, T2" in r["note"]
+    monkeypatch.setattr(zoo, "run_record", lambda p: dict(run, wall_seconds=4 * 3600.0))
+    claims.record_train_budget("tiny")
+    assert results.verdict("zoo_train_hours", chapter=ch) != "held"  # over 3 h
+    [r] = [r for r in results.load_chapter(ch) if r["name"] == "zoo_train_hours"]
+    assert r["passed"] is False
+    # a run that resumed a model, or trained only some, is recorded without a verdict: it is not the whole time
+    for partial in ({"resumed": ["M"]}, {"models": ["M"]}):
+        monkeypatch.setattr(zoo, "run_record", lambda p: dict(run, **partial))
+        claims.record_train_budget("tiny")
+        [r] = [r for r in results.load_chapter(ch) if r["name"] == "zoo_train_hours"]
+        assert r["passed"] is None
+    # smoke ships no zoo: nothing is recorded
+    monkeypatch.setenv("UNIVERSALITY_PRESET", "smoke")
+    assert claims.record_train_budget("smoke") == {}

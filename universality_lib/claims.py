@@ -354,3 +354,27 @@ def record_zoo_check(rows: list) -> list:
         results.record(f"zoo_{r.criterion}_{r.model.replace('/', '_over_')}", r.value, claim="the zoo's own check",
                        criterion=r.threshold, passed=r.passed, note=f"{r.split}, n = {r.n}")
     return rows
+
+
+def record_train_budget(preset) -> dict:
+    """Record the last whole ``train`` command of a shipped preset (``zoo.run_record``) against the zoo's budget,
+    ``zoo_train_hours`` with ``passed`` (a run that resumed a model from a checkpoint is recorded without a verdict:
+    its earlier sittings are not in the time). Returns the run record ({} and nothing recorded when no whole
+    command finished, or the preset ships no trained zoo)."""
+    from . import zoo
+    from .presets import get
+
+    p = get(preset)
+    run = zoo.run_record(p) if p.shipped else {}
+    if run:
+        hours = run["wall_seconds"] / 3600
+        whole = set(run["models"]) >= set(zoo.names(p)) and not run["resumed"]
+        results.record("zoo_train_hours", hours, unit="h", claim="the zoo trains from scratch on a 2-core CPU",
+                       criterion=f"<= {zoo.TRAIN_BUDGET_HOURS:g} h for `python -m universality_lib train --preset "
+                       f"{p.name}` (all models, from scratch)",
+                       passed=(hours <= zoo.TRAIN_BUDGET_HOURS) if whole else None,
+                       note=f"{run['machine']}, {run['cpu_count']} cores; {run['jobs']} processes x {run['threads']} "
+                       f"thread(s), in the order {', '.join(run['order'])}; {run['started']} to {run['finished']}"
+                       + (f"; resumed {', '.join(run['resumed'])}" if run["resumed"] else ""))
+    return run
+

@@ -239,6 +239,9 @@ def run_dir(preset: "str | Preset", name: str, work_dir: str | Path | None = Non
 
 
 RUN_RECORD = "train_run.json"  # beside the installed models: the last whole `train` command that finished them
+# issue 14: the shipped zoo (T, T2, M) trains from scratch with one `train --preset tiny` in this many hours on the
+# project's 2-core CPU
+TRAIN_BUDGET_HOURS = 3.0
 
 
 def train_models(preset: "str | Preset", models: list[str] | None = None, device: str | None = None,
