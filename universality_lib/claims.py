@@ -377,4 +377,3 @@ def record_train_budget(preset) -> dict:
                        f"thread(s), in the order {', '.join(run['order'])}; {run['started']} to {run['finished']}"
                        + (f"; resumed {', '.join(run['resumed'])}" if run["resumed"] else ""))
     return run
-

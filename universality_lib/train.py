@@ -33,6 +33,9 @@ from .presets import TrainConfig
 from .runtime import default_device, resolve_device, set_threads  # noqa: F401  (train.resolve_device etc.: old paths)
 
 
+CHECKPOINT = "checkpoint"  # the folder in a run's out_dir that holds the last checkpoint (model, optimizer, state)
+
+
 def check_max_steps(max_steps) -> None:
     """``max_steps``: None (the whole run) or a whole number >= 1."""
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
@@ -258,7 +261,7 @@ def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, re
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=peak, betas=cfg.betas, fused=device.type == "cuda")
-    ckpt = out_dir / "checkpoint"
+    ckpt = out_dir / CHECKPOINT
     cache.recover(ckpt)  # a run killed while replacing its checkpoint left the previous one aside
     state = TrainState()
     if ckpt.exists():

@@ -34,7 +34,7 @@ from .errors import UniversalityError
 from .models import family as model_family, n_params
 from .presets import Preset, get as get_preset, hub_name, shipped_dir
 from .runtime import device_name, resolve_device
-from .train import check_max_steps, read_log, train
+from .train import CHECKPOINT, check_max_steps, read_log, train
 
 RANDOM_BASELINE = "M0"
 
@@ -270,25 +270,26 @@ def train_models(preset: "str | Preset", models: list[str] | None = None, device
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UniversalityError(f"jobs must be a whole number >= 1 (models trained side by side), got {jobs!r}.")
     work = lambda name: Path(work_dir) / name if work_dir else None  # noqa: E731
-    resumed = sorted(n for n in models if (run_dir(p, n, work(n)) / "checkpoint").exists())
+    resumed = sorted(n for n in models if (run_dir(p, n, work(n)) / CHECKPOINT).exists())
+    order, workers = longest_first(p, models), min(jobs, len(models))
     t0, started = time.time(), _utc_now()
-    if jobs == 1 or len(models) == 1:
+    if workers == 1:
         threads = torch.get_num_threads()
-        done = {n: train_model(p, n, device=device, work_dir=work(n), max_steps=max_steps) for n in models}
+        done = {n: train_model(p, n, device=device, work_dir=work(n), max_steps=max_steps) for n in order}
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        threads = max(1, (os.cpu_count() or 1) // min(jobs, len(models)))
-        with ProcessPoolExecutor(max_workers=min(jobs, len(models)), mp_context=multiprocessing.get_context("spawn"),
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            futures = {n: pool.submit(train_model, p, n, device, work(n), max_steps, True)
-                       for n in longest_first(p, models)}
-            done = {n: futures[n].result() for n in models}
+            futures = {n: pool.submit(train_model, p, n, device, work(n), max_steps, True) for n in order}
+            done = {n: f.result() for n, f in futures.items()}
+    done = {n: done[n] for n in models}  # in the order asked for
     if all(done.values()):  # every model installed: record what the whole command took
-        cache.atomic_write_json(model_dir(p, models[0]).parent / RUN_RECORD, {
-            "preset": p.name, "models": models, "order": longest_first(p, models),
-            "jobs": min(jobs, len(models)), "threads": threads, "device": dev.type, "machine": device_name(dev),
+        cache.atomic_write_json(_zoo_folder(p) / RUN_RECORD, {
+            "preset": p.name, "models": models, "order": order,
+            "jobs": workers, "threads": threads, "device": dev.type, "machine": device_name(dev),
             "cpu_count": os.cpu_count(), "started": started, "finished": _utc_now(),
             "wall_seconds": round(time.time() - t0, 1),
             # models that continued from a checkpoint: their earlier sittings are not in wall_seconds
@@ -299,9 +300,13 @@ def train_models(preset: "str | Preset", models: list[str] | None = None, device
 
 def run_record(preset: "str | Preset") -> dict:
     """What the last whole ``train`` command of ``preset`` took (:data:`RUN_RECORD`); {} when none finished."""
-    p = get_preset(preset)
-    path = model_dir(p, names(p)[0]).parent / RUN_RECORD
+    path = _zoo_folder(get_preset(preset)) / RUN_RECORD
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _zoo_folder(p: Preset) -> Path:
+    """The folder that holds a preset's trained models (:func:`model_dir` of each) and its :data:`RUN_RECORD`."""
+    return model_dir(p, names(p)[0]).parent
 
 
 def _utc_now() -> str:
@@ -309,8 +314,9 @@ def _utc_now() -> str:
 
 
 def longest_first(preset: "str | Preset", models: list[str]) -> list[str]:
-    """``models`` in the order :func:`train_models` starts them: Mamba runs first (a step of the tiny M takes twice
-    one of T, at equal tokens and parameters within 15%), otherwise as given."""
+    """``models`` in the order :func:`train_models` starts them, side by side or one after another: Mamba runs
+    first (a step of the tiny M takes twice one of T, at equal tokens and parameters within 15%), otherwise as
+    given."""
     p = get_preset(preset)
     return sorted(models, key=lambda n: spec(p, n)[0] != "mamba")
 
