@@ -240,7 +240,7 @@ def test_train_budget_is_recorded_from_the_whole_command(results_env, monkeypatc
     monkeypatch.setenv("UNIVERSALITY_CHAPTER", ch)
     run = {"models": ["T", "T2", "M"], "order": ["M", "T", "T2"], "jobs": 2, "threads": 1, "machine": "x86_64 CPU x2",
            "cpu_count": 2, "started": "2026-12-03T15:21:08Z", "finished": "2026-12-03T17:05:00Z",
-           "wall_seconds": 6300.0, "resumed": []}
+           "wall_seconds": 6300.0, "resumed": [], "recipe": zoo.recipe_key("tiny")}
     monkeypatch.setattr(zoo, "run_record", lambda p: dict(run))
     assert claims.record_train_budget("tiny")["wall_seconds"] == 6300.0
     [r] = [r for r in results.load_chapter(ch) if r["name"] == "zoo_train_hours"]
@@ -250,12 +250,14 @@ def test_train_budget_is_recorded_from_the_whole_command(results_env, monkeypatc
     assert results.verdict("zoo_train_hours", chapter=ch) != "held"  # over 3 h
     [r] = [r for r in results.load_chapter(ch) if r["name"] == "zoo_train_hours"]
     assert r["passed"] is False
-    # a run that resumed a model, or trained only some, is recorded without a verdict: it is not the whole time
-    for partial in ({"resumed": ["M"]}, {"models": ["M"]}):
+    # a run that resumed a model, or trained only some, is recorded without a verdict: it is not the whole time;
+    # nor is a run of another recipe (a record left from before a model changed), or one that says none
+    for partial in ({"resumed": ["M"]}, {"models": ["M"]}, {"recipe": "another"}, {"recipe": None}):
         monkeypatch.setattr(zoo, "run_record", lambda p: dict(run, **partial))
         claims.record_train_budget("tiny")
         [r] = [r for r in results.load_chapter(ch) if r["name"] == "zoo_train_hours"]
         assert r["passed"] is None
+        assert ("another recipe" in r["note"]) is ("recipe" in partial)
     # smoke ships no zoo: nothing is recorded
     monkeypatch.setenv("UNIVERSALITY_PRESET", "smoke")
     assert claims.record_train_budget("smoke") == {}

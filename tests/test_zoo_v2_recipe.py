@@ -89,4 +89,12 @@ def test_train_models_records_the_whole_command_once_every_model_is_installed(tm
     run = zoo.run_record("smoke")
     assert run["models"] == ["T", "M"] and run["order"] == ["M", "T"] and run["jobs"] == 1
     assert run["resumed"] == ["M"] and run["wall_seconds"] >= 0 and run["threads"] >= 1
-    assert run["machine"] and run["started"] <= run["finished"]
+    assert run["machine"] and run["started"] <= run["finished"] and run["recipe"] == zoo.recipe_key("smoke")
+    # a damaged record: one clear error that says how to mend it
+    record.write_text("{ not json")
+    with pytest.raises(UniversalityError, match="not a record of a `train` command.*git checkout"):
+        zoo.run_record("smoke")
+    record.write_text('{"models": ["T"]}')
+    with pytest.raises(UniversalityError, match="fields missing"):
+        zoo.run_record("smoke")
+    record.unlink()

@@ -359,8 +359,9 @@ def record_zoo_check(rows: list) -> list:
 def record_train_budget(preset) -> dict:
     """Record the last whole ``train`` command of a shipped preset (``zoo.run_record``) against the zoo's budget,
     ``zoo_train_hours`` with ``passed`` (a run that resumed a model from a checkpoint is recorded without a verdict:
-    its earlier sittings are not in the time). Returns the run record ({} and nothing recorded when no whole
-    command finished, or the preset ships no trained zoo)."""
+    its earlier sittings are not in the time; nor is a run of another recipe than the preset's today, e.g. a record
+    left from before a model's size changed). Returns the run record ({} and nothing recorded when no whole command
+    finished, or the preset ships no trained zoo)."""
     from . import zoo
     from .presets import get
 
@@ -368,12 +369,14 @@ def record_train_budget(preset) -> dict:
     run = zoo.run_record(p) if p.shipped else {}
     if run:
         hours = run["wall_seconds"] / 3600
-        whole = set(run["models"]) >= set(zoo.names(p)) and not run["resumed"]
+        same = run.get("recipe") == zoo.recipe_key(p)
+        whole = set(run["models"]) >= set(zoo.names(p)) and not run["resumed"] and same
         results.record("zoo_train_hours", hours, unit="h", claim="the zoo trains from scratch on a 2-core CPU",
                        criterion=f"<= {zoo.TRAIN_BUDGET_HOURS:g} h for `python -m universality_lib train --preset "
                        f"{p.name}` (all models, from scratch)",
                        passed=(hours <= zoo.TRAIN_BUDGET_HOURS) if whole else None,
                        note=f"{run['machine']}, {run['cpu_count']} cores; {run['jobs']} processes x {run['threads']} "
                        f"thread(s), in the order {', '.join(run['order'])}; {run['started']} to {run['finished']}"
-                       + (f"; resumed {', '.join(run['resumed'])}" if run["resumed"] else ""))
+                       + (f"; resumed {', '.join(run['resumed'])}" if run["resumed"] else "")
+                       + ("" if same else "; a run of another recipe than today's (not the shipped models' time)"))
     return run

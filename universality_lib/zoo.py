@@ -288,7 +288,7 @@ def train_models(preset: "str | Preset", models: list[str] | None = None, device
     done = {n: done[n] for n in models}  # in the order asked for
     if all(done.values()):  # every model installed: record what the whole command took
         cache.atomic_write_json(_zoo_folder(p) / RUN_RECORD, {
-            "preset": p.name, "models": models, "order": order,
+            "preset": p.name, "recipe": _key(p), "models": models, "order": order,
             "jobs": workers, "threads": threads, "device": dev.type, "machine": device_name(dev),
             "cpu_count": os.cpu_count(), "started": started, "finished": _utc_now(),
             "wall_seconds": round(time.time() - t0, 1),
@@ -299,9 +299,27 @@ def train_models(preset: "str | Preset", models: list[str] | None = None, device
 
 
 def run_record(preset: "str | Preset") -> dict:
-    """What the last whole ``train`` command of ``preset`` took (:data:`RUN_RECORD`); {} when none finished."""
+    """What the last whole ``train`` command of ``preset`` took (:data:`RUN_RECORD`); {} when none finished. Its
+    ``recipe`` is the preset's recipe key then (models, training and corpus configs): :func:`recipe_key` now tells
+    whether the record is of the recipe the preset trains today."""
     path = _zoo_folder(get_preset(preset)) / RUN_RECORD
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        run = json.loads(path.read_text())
+    except ValueError as e:
+        run = e
+    if not isinstance(run, dict) or not {"models", "wall_seconds", "resumed"} <= set(run):
+        raise UniversalityError(f"{path} is not a record of a `train` command ({run if isinstance(run, ValueError) else 'fields missing'}): "
+                                f"restore it with `git checkout -- {path}` or delete it (the next whole `train` writes "
+                                "it again).")
+    return run
+
+
+def recipe_key(preset: "str | Preset") -> str:
+    """The key of what a preset's zoo is trained from (model sizes, training config, corpus config): a record or a
+    model folder made under another key was made by another recipe."""
+    return _key(get_preset(preset))
 
 
 def _zoo_folder(p: Preset) -> Path:
