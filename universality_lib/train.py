@@ -43,17 +43,10 @@ def check_max_steps(max_steps) -> None:
                                 f"None (train to the end), got {max_steps!r}.")
 
 
-def peak_lr(cfg: TrainConfig, model) -> float:
-    """``cfg.mamba_lr`` for a Mamba when set, else ``cfg.lr``."""
-    from .models import family
-
-    return cfg.for_family(family(model)).lr
-
-
-def lr_at(step: int, total: int, cfg: TrainConfig, peak: float | None = None) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine from ``peak`` (default ``cfg.lr``) down to
-    ``min_lr_frac * peak``."""
-    peak = cfg.lr if peak is None else peak
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine from ``cfg.lr`` down to ``min_lr_frac * cfg.lr`` (a
+    family's own peak: pass ``cfg.for_family(...)``, as :func:`train` does)."""
+    peak = cfg.lr
     if step < cfg.warmup_steps:
         return peak * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
@@ -252,7 +245,6 @@ def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, re
     cfg = cfg.for_family(family(model))  # a Mamba's own lr / curriculum fields (TrainConfig.mamba_*)
     _check_recipe(out_dir, cfg, seed)
     total = max(1, cfg.tokens // (cfg.batch_size * cfg.context))
-    peak = cfg.lr
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         # no decay on embeddings, biases, norms, and Mamba's A_log and D (as mamba_ssm's _no_weight_decay)
@@ -260,7 +252,7 @@ def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, re
         (no_decay if skip else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=peak, betas=cfg.betas, fused=device.type == "cuda")
+                            lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
     ckpt = out_dir / CHECKPOINT
     cache.recover(ckpt)  # a run killed while replacing its checkpoint left the previous one aside
     state = TrainState()
@@ -282,7 +274,7 @@ def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, re
     wall0 = state.wall_seconds
     try:
         while state.step < stop:
-            lr = lr_at(state.step, total, cfg, peak)
+            lr = lr_at(state.step, total, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
             batch = add_repeats(next(batches), cfg, repeat_vocab, state.step, total).to(device)
