@@ -58,3 +58,30 @@ def test_check_prints_and_writes_every_criterion_with_its_verdict(tmp_path, caps
 def test_check_refuses_the_paper_preset_before_loading_anything(capsys):
     assert main(["check", "--preset", "paper"]) == 2
     assert "published checkpoints" in capsys.readouterr().err
+
+
+def test_check_zoo_reads_the_models_of_another_folder(tmp_path, capsys):
+    """``check --zoo DIR`` (the folder of a ``train --dest``) measures the models there: copies of the zoo's own
+    give the zoo's own rows; a folder without every model is one clear error before anything is measured."""
+    import json
+    import shutil
+
+    from universality_lib import zoo
+
+    main(["check", "--preset", "smoke", "--json", str(tmp_path / "own.json")])
+    for name in zoo.names("smoke"):
+        shutil.copytree(zoo.model_dir("smoke", name), tmp_path / "other" / name)
+    main(["check", "--preset", "smoke", "--zoo", str(tmp_path / "other"), "--json", str(tmp_path / "other.json")])
+    own, other = (json.loads((tmp_path / f).read_text()) for f in ("own.json", "other.json"))
+    assert other == own
+    shutil.rmtree(tmp_path / "other" / "M")
+    capsys.readouterr()
+    assert main(["check", "--preset", "smoke", "--zoo", str(tmp_path / "other")]) == 2
+    assert "no model folder for M" in capsys.readouterr().err
+
+
+def test_train_dest_that_is_not_a_folder_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    assert main(["train", "--preset", "smoke", "--models", "T", "--dest", str(tmp_path / "a_file")]) == 2
+    assert "the folder for the trained models" in capsys.readouterr().err
+    assert not (tmp_path / "a_file").is_dir()

@@ -73,7 +73,7 @@ def test_train_models_starts_the_longest_runs_first():
 def test_train_models_records_the_whole_command_once_every_model_is_installed(tmp_path, monkeypatch):
     installed, finished = {}, {"T": True, "M": False}
 
-    def fake_train_model(p, name, device=None, work_dir=None, max_steps=None, progress=True):
+    def fake_train_model(p, name, device=None, work_dir=None, max_steps=None, progress=True, dest=None):
         installed[name] = work_dir
         return tmp_path / name if finished[name] else None
 
@@ -98,3 +98,6 @@ def test_train_models_records_the_whole_command_once_every_model_is_installed(tm
     with pytest.raises(UniversalityError, match="fields missing"):
         zoo.run_record("smoke")
     record.unlink()
+    # with dest, the models and the record go there; the zoo's own folder gets no record
+    zoo.train_models("smoke", ["T", "M"], work_dir=tmp_path / "w", jobs=1, dest=tmp_path / "elsewhere")
+    assert installed and not record.exists() and zoo.run_record("smoke", tmp_path / "elsewhere")["models"] == ["T", "M"]

@@ -1,14 +1,16 @@
-"""Command line: ``python -m universality_lib {train,book,info,report}``.
+"""Command line: ``python -m universality_lib {train,book,info,check,report}``.
 
-* ``train --preset P [--models T T2 M] [--device cuda] [--max-steps N]``: train a preset's zoo (resumable: Ctrl-C
-  or a kill keeps the last checkpoint, and the same command continues from it).
+* ``train --preset P [--models T T2 M] [--device cuda] [--max-steps N] [--jobs J] [--dest DIR]``: train a preset's
+  zoo (resumable: Ctrl-C or a kill keeps the last checkpoint, and the same command continues from it); ``--dest``
+  installs the models elsewhere than the preset's zoo (at tiny: beside the shipped ones, not over them).
 * ``book --preset P [--out build] [--chapters A B | A,B] [--no-html] [--timeout S] [--kernel K] [--rerun]``:
   execute every chapter with papermill (restoring the unchanged ones from the cache), then build the HTML book
   (:func:`universality_lib.book.build_book`; ``python -m universality_lib.book ...`` is an alias of this).
 * ``info --preset P``: the preset, its corpus manifest and its zoo.
-* ``check --preset P [--json FILE]``: the zoo's own check (:mod:`universality_lib.zoo_check`: the four criteria, each
-  with ``passed``, and clean p(B) by the tokens before the first A) on the preset's trained models, as chapter 1
-  shows it; exits 1 when a criterion fails (after ``train``: does the retrained zoo pass?).
+* ``check --preset P [--json FILE] [--zoo DIR]``: the zoo's own check (:mod:`universality_lib.zoo_check`: the
+  four criteria, each with ``passed``, and clean p(B) by the tokens before the first A) on the preset's trained
+  models, or those a ``train --dest DIR`` installed, as chapter 1 shows it; exits 1 when a criterion fails (after
+  ``train``: does the retrained zoo pass?).
 * ``report --preset P [--out build] [--results DIR] [--markdown]``: the reproduction report (claims C1-C10) from
   the chapters' results files; exits 1 when a chapter's results are missing.
 
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--work-dir", default=None, help="where resumable checkpoints go")
     t.add_argument("--jobs", type=int, default=None,
                    help="models trained side by side (default: one per core on a CPU, longest first; 1 on a GPU)")
+    t.add_argument("--dest", default=None,
+                   help="install the trained models (and the run's record) in this folder instead of the preset's "
+                   "zoo: at tiny the shipped models stay; compare them with `check --zoo DEST`")
 
     b = sub.add_parser("book", help="execute every chapter with papermill and build the HTML book")
     _preset_arg(b)
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="the zoo's own check: the four criteria on the trained models")
     _preset_arg(c)
     c.add_argument("--json", default=None, help="also write the rows and the p(B) table to this JSON file")
+    c.add_argument("--zoo", default=None, help="check the models in this folder (a `train --dest`) instead of the "
+                   "preset's zoo")
 
     r = sub.add_parser("report", help="the reproduction report: each claim of the paper, held or not")
     from .report import add_arguments as _report_arguments
@@ -77,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import zoo
 
             done = zoo.train_models(preset, args.models, device=args.device, work_dir=args.work_dir,
-                                    max_steps=args.max_steps, jobs=args.jobs)
+                                    max_steps=args.max_steps, jobs=args.jobs, dest=args.dest)
             for name, dest in done.items():
                 print(f"[train] {name}: {dest if dest else 'not finished (resumable)'}")
-            if preset.shipped:
+            if preset.shipped and not args.dest:
                 zoo.ship_tokenizer(preset)
         elif args.cmd == "book":
             from .book import build_book
@@ -99,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 out["zoo"] = {n: str(zoo.model_dir(preset, n)) for n in zoo.names(preset)}
             print(json.dumps(out, indent=2, default=str))
         elif args.cmd == "check":
-            return _check(preset, args.json)
+            return _check(preset, args.json, args.zoo)
     except UniversalityError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -109,18 +116,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _check(preset, json_path: str | None) -> int:
-    """``check``: load the trained zoo, print (and write) the criteria and the p(B) table; 1 when one fails."""
+def _check(preset, json_path: str | None, folder: str | None = None) -> int:
+    """``check``: load the trained zoo (or the models in ``folder``), print (and write) the criteria and the p(B)
+    table; 1 when one fails."""
     from pathlib import Path
 
-    from . import cache, zoo, zoo_check
+    from . import cache, corpus, zoo, zoo_check
 
     if preset.needs_internet:
         raise UniversalityError(f"the {preset.name!r} preset loads published checkpoints: the zoo check is for the "
                                 f"models this project trains (smoke, tiny)")
     if json_path:  # a bad path is refused before minutes of measuring
         cache.writable_dir(Path(json_path).parent, "the folder of --json", "choose another --json")
-    models = {name: zoo.load(preset, name) for name in zoo.names(preset)}
+    if folder:
+        missing = [n for n in zoo.names(preset) if not (Path(folder) / n).is_dir()]
+        if missing:
+            raise UniversalityError(f"--zoo {folder} has no model folder for {', '.join(missing)}: give the --dest "
+                                    f"of a whole `train --preset {preset.name}`")
+        tok = corpus.load_tokenizer(preset)
+        models = {name: zoo.load_folder(Path(folder) / name, tok).eval() for name in zoo.names(preset)}
+    else:
+        models = {name: zoo.load(preset, name) for name in zoo.names(preset)}
     rows = zoo_check.criteria(preset, models)
     prefix = zoo_check.prob_B_by_prefix(models, preset)
     print(zoo_check.table(rows).to_string(index=False))

@@ -186,8 +186,9 @@ def _load_paper(p: Preset, name: str, device: str):
 
 # ----------------------------------------------------------------------------- training
 def train_model(preset: "str | Preset", name: str, device: str | None = None, work_dir: str | Path | None = None,
-                max_steps: int | None = None, progress: bool = True) -> Path | None:
-    """Train zoo member ``name`` from scratch (resuming a run in ``work_dir``) and install the result.
+                max_steps: int | None = None, progress: bool = True, dest: str | Path | None = None) -> Path | None:
+    """Train zoo member ``name`` from scratch (resuming a run in ``work_dir``) and install the result: in the
+    preset's zoo (:func:`model_dir`; at ``tiny`` that replaces the shipped checkpoint), or in ``dest / name``.
 
     Returns the installed checkpoint folder, or None when ``max_steps`` stopped a longer run early
     (run again to continue).
@@ -202,6 +203,9 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
     check_max_steps(max_steps)
     work = run_dir(p, name, work_dir)
     cache.writable_dir(work, "the training folder", "choose another --work-dir (work_dir=)")
+    folder = Path(dest) / name if dest else model_dir(p, name)
+    if dest:  # refused before hours of training, not at the install
+        cache.writable_dir(Path(dest), "the folder for the trained models", "choose another --dest (dest=)")
     tok = corpus.load_tokenizer(p)
     stream = corpus.token_stream(p, "lm_train", tok)
     vocab = corpus.frequent_tokens(corpus.token_stream(p, "eval", tok), 1000)
@@ -215,9 +219,8 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
     if state.step < total:
         print(f"[zoo] {name}: stopped at step {state.step}/{total}; run again to continue.")
         return None
-    dest = model_dir(p, name)
     manifest = corpus.manifest(p)
-    with cache.building(dest) as tmp:
+    with cache.building(folder) as tmp:
         save_model(model.cpu(), tmp)
         (tmp / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in read_log(work)))  # one row per step
         cache.atomic_write_json(tmp / "corpus_manifest.json", manifest)
@@ -229,7 +232,7 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
             "device": dev.type, "machine": device_name(dev), "threads": torch.get_num_threads(),
             "n_params": n_params(model),
         })
-    return dest
+    return folder
 
 
 def run_dir(preset: "str | Preset", name: str, work_dir: str | Path | None = None) -> Path:
@@ -246,7 +249,7 @@ TRAIN_BUDGET_HOURS = 3.0
 
 def train_models(preset: "str | Preset", models: list[str] | None = None, device: str | None = None,
                  work_dir: str | Path | None = None, max_steps: int | None = None,
-                 jobs: int | None = None) -> dict[str, Path | None]:
+                 jobs: int | None = None, dest: str | Path | None = None) -> dict[str, Path | None]:
     """Train several zoo members (``train_model`` each), ``jobs`` of them side by side in their own processes.
 
     ``jobs`` defaults to one per core on a CPU, at most one per model (each with ``cores // jobs`` threads: small
@@ -258,7 +261,9 @@ def train_models(preset: "str | Preset", models: list[str] | None = None, device
     enough for a retrained model to differ from the shipped one: at tiny, 50 steps on one thread equal the shipped
     logs bit for bit (T and M, M shipped from two threads); later T's losses differ in the 7th digit and M's run
     drifts off (a loss spike at another step by step 300). So a retrained zoo is compared by its measures
-    (``check``), not by its bits. Returns name -> the installed folder (None: not finished, run again to resume)."""
+    (``check``, ``check --zoo DEST`` for one trained with ``dest``), not by its bits. ``dest``: install the models
+    and the run's record there instead of in the preset's zoo (at ``tiny``: the shipped files stay as they are).
+    Returns name -> the installed folder (None: not finished, run again to resume)."""
     p = get_preset(preset)
     models = list(models or names(p))
     for name in models:
@@ -275,7 +280,7 @@ def train_models(preset: "str | Preset", models: list[str] | None = None, device
     t0, started = time.time(), _utc_now()
     if workers == 1:
         threads = torch.get_num_threads()
-        done = {n: train_model(p, n, device=device, work_dir=work(n), max_steps=max_steps) for n in order}
+        done = {n: train_model(p, n, device=device, work_dir=work(n), max_steps=max_steps, dest=dest) for n in order}
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -283,11 +288,11 @@ def train_models(preset: "str | Preset", models: list[str] | None = None, device
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            futures = {n: pool.submit(train_model, p, n, device, work(n), max_steps, True) for n in order}
+            futures = {n: pool.submit(train_model, p, n, device, work(n), max_steps, True, dest) for n in order}
             done = {n: f.result() for n, f in futures.items()}
     done = {n: done[n] for n in models}  # in the order asked for
     if all(done.values()):  # every model installed: record what the whole command took
-        cache.atomic_write_json(_zoo_folder(p) / RUN_RECORD, {
+        cache.atomic_write_json((Path(dest) if dest else _zoo_folder(p)) / RUN_RECORD, {
             "preset": p.name, "recipe": _key(p), "models": models, "order": order,
             "jobs": workers, "threads": threads, "device": dev.type, "machine": device_name(dev),
             "cpu_count": os.cpu_count(), "started": started, "finished": _utc_now(),
@@ -298,11 +303,11 @@ def train_models(preset: "str | Preset", models: list[str] | None = None, device
     return done
 
 
-def run_record(preset: "str | Preset") -> dict:
-    """What the last whole ``train`` command of ``preset`` took (:data:`RUN_RECORD`); {} when none finished. Its
-    ``recipe`` is the preset's recipe key then (models, training and corpus configs): :func:`recipe_key` now tells
-    whether the record is of the recipe the preset trains today."""
-    path = _zoo_folder(get_preset(preset)) / RUN_RECORD
+def run_record(preset: "str | Preset", folder: str | Path | None = None) -> dict:
+    """What the last whole ``train`` command of ``preset`` took (:data:`RUN_RECORD` in its zoo, or in ``folder``,
+    a ``train --dest``); {} when none finished. Its ``recipe`` is the preset's recipe key then (models, training and
+    corpus configs): :func:`recipe_key` now tells whether the record is of the recipe the preset trains today."""
+    path = (Path(folder) if folder else _zoo_folder(get_preset(preset))) / RUN_RECORD
     if not path.exists():
         return {}
     try:
