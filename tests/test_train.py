@@ -6,7 +6,7 @@ import torch
 from universality_lib import corpus, presets, zoo
 from universality_lib.errors import UniversalityError
 from universality_lib.presets import TrainConfig
-from universality_lib.train import add_repeats, lr_at, read_log, train
+from universality_lib.train import add_repeats, configure_optimizer, lr_at, read_log, train
 
 
 def test_lr_schedule_warms_up_then_decays_to_floor():
@@ -125,6 +125,25 @@ def test_mamba_lr_applies_to_the_mamba_only(tmp_path):
         assert max(r["lr"] for r in read_log(tmp_path / name)) == pytest.approx(peak)
     _tiny_run(tmp_path, "M_shared", 4, model_name="M", lr=1e-3)  # no mamba_lr: the shared lr
     assert max(r["lr"] for r in read_log(tmp_path / "M_shared")) == pytest.approx(1e-3)
+
+
+def test_weight_decay_falls_on_the_weight_matrices_only():
+    # as mamba_ssm's _no_weight_decay and nanoGPT's configure_optimizers: no decay on embeddings, biases, norms,
+    # A_log and D; every parameter in exactly one group
+    p = presets.get("smoke")
+    tok = corpus.load_tokenizer(p)
+    for name in ("T", "M"):
+        model = zoo.build(p, name, tokenizer=tok)
+        opt = configure_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+        decay, no_decay = opt.param_groups
+        assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+        named = {id(t): n for n, t in model.named_parameters()}
+        assert sorted(map(id, decay["params"] + no_decay["params"])) == sorted(named)
+        assert all(t.dim() >= 2 and "embed" not in named[id(t)].lower() for t in decay["params"])
+        skipped = [named[id(t)] for t in no_decay["params"]]
+        assert any("embed" in n.lower() for n in skipped)
+        if name == "M":
+            assert any(n.endswith("A_log") for n in skipped) and any(n.endswith(".D") for n in skipped)
 
 
 def test_pair_rows_copy_one_short_span_per_window_in_the_last_random_rows():

@@ -176,6 +176,18 @@ class TrainState:
     last_loss: float = float("nan")
 
 
+def configure_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over two groups, weight decay on the matrices only (nanoGPT's ``GPT.configure_optimizers``): no decay
+    on embeddings, biases, norms, and Mamba's ``A_log`` and ``D`` (as mamba_ssm's ``_no_weight_decay``)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        skip = p.dim() < 2 or "embed" in name.lower() or name.endswith(("A_log", ".D"))
+        (no_decay if skip else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
+
+
 def _save_checkpoint(model, opt, state: TrainState, folder: Path, save_model) -> None:
     """Atomically replace ``folder`` with model + optimizer + state."""
     with cache.building(folder) as tmp:
@@ -245,14 +257,7 @@ def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, re
     cfg = cfg.for_family(family(model))  # a Mamba's own lr / curriculum fields (TrainConfig.mamba_*)
     _check_recipe(out_dir, cfg, seed)
     total = max(1, cfg.tokens // (cfg.batch_size * cfg.context))
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        # no decay on embeddings, biases, norms, and Mamba's A_log and D (as mamba_ssm's _no_weight_decay)
-        skip = p.dim() < 2 or "embed" in name.lower() or name.endswith(("A_log", ".D"))
-        (no_decay if skip else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
+    opt = configure_optimizer(model, cfg, device)
     ckpt = out_dir / CHECKPOINT
     cache.recover(ckpt)  # a run killed while replacing its checkpoint left the previous one aside
     state = TrainState()
