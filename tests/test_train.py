@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -30,8 +31,8 @@ def test_add_repeats_places_the_same_span_twice():
         assert torch.equal(out[r, nz[:5]], out[r, nz[5:]])
 
 
-def _tiny_run(tmp_path, name, steps, max_steps=None, model_name="T", **changes):
-    p = presets.get("smoke")
+def _tiny_run(tmp_path, name, steps, max_steps=None, model_name="T", preset="smoke", **changes):
+    p = presets.get(preset)
     cfg = TrainConfig(**{**dict(tokens=steps * 4 * 32, batch_size=4, context=32, lr=3e-3, warmup_steps=2,
                                 log_every=1, eval_every=2, checkpoint_every=3, repeat_frac=0.5, repeat_span=8),
                          **changes})
@@ -56,14 +57,21 @@ def test_training_lowers_loss_and_logs(tmp_path):
     assert saved["step"] == 12
 
 
-def test_resume_is_exact(tmp_path):
-    straight, _ = _tiny_run(tmp_path, "straight", 6)
-    _, half = _tiny_run(tmp_path, "resumed", 6, max_steps=3)
+@pytest.mark.parametrize("model_name, tied", [("T", False), ("M", False), ("M", True)])
+def test_resume_is_exact(tmp_path, model_name, tied):
+    # a tied Mamba (the tiny M's shape) writes no lm_head.weight: its checkpoint must still load, and stay tied
+    p = presets.get("smoke")
+    p = p.replace(mamba=dataclasses.replace(p.mamba, tie_embeddings=tied))
+    run = dict(model_name=model_name, preset=p)
+    straight, _ = _tiny_run(tmp_path, "straight", 6, **run)
+    _, half = _tiny_run(tmp_path, "resumed", 6, max_steps=3, **run)
     assert half.step == 3
-    resumed, state = _tiny_run(tmp_path, "resumed", 6)
+    resumed, state = _tiny_run(tmp_path, "resumed", 6, **run)
     assert state.step == 6
     for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), n
+    if model_name == "M":
+        assert (resumed.lm_head.weight is resumed.embed.weight) == tied
 
 
 def test_a_run_resumes_only_under_the_recipe_it_began_with(tmp_path):

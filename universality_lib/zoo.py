@@ -89,8 +89,17 @@ def save_model(model, folder: str | Path) -> None:
 
 
 def load_weights(model, folder: str | Path) -> None:
+    """The weights ``save_model`` wrote to ``folder`` into ``model`` (built with the same config), every name and
+    shape checked. A Mamba goes through ``mamba_io``: its file has no ``lm_head.weight`` when the embedding is tied,
+    and the head is tied to the loaded embedding again (a plain strict load refused such a file: a tied M's training
+    run could not resume from its checkpoint)."""
     from safetensors.torch import load_file
 
+    if model_family(model) == "mamba":
+        from .models import mamba_io
+
+        mamba_io.load_weights(model, mamba_io.read_own(folder, tokenizer=model.tokenizer))
+        return
     model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")), strict=True)
 
 
