@@ -35,6 +35,8 @@ from universality_lib.circuits.task import insert_prefix, make_prompts, prob_B, 
 from universality_lib.presets import get
 from universality_lib.train import train
 
+from _out import merge_entry
+
 OUT = Path(__file__).parent / "results" / "zoo_pb_trials.json"
 ARMS = {"control": dict(), "pairs": dict(repeat_pair_frac=0.5, pair_max_span=8),
         "longpairs": dict(repeat_pair_frac=0.5, pair_max_span=32),
@@ -91,10 +93,7 @@ def main() -> None:
     entry = {"model": args.model, "arm": args.arm, "curriculum": ARMS[args.arm], "steps": args.steps, "lr": args.lr,
              "threads": args.threads, "load_at_start": round(load, 2), "wall_s": round(time.time() - t0, 1),
              "probe": rows}
-    done = json.loads(OUT.read_text()) if OUT.exists() else {}
-    done[f"{args.model} {args.arm}"] = entry
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(done, indent=1) + "\n")
+    merge_entry(OUT, f"{args.model} {args.arm}", entry)
     for r in rows:
         print(args.model, args.arm, r)
 

@@ -30,6 +30,8 @@ from universality_lib import corpus, zoo
 from universality_lib.circuits.task import make_prompts, prob_B, task_config, task_vocab
 from universality_lib.presets import get
 
+from _out import merge_entry
+
 OUT = Path(__file__).parent / "results" / "zoo_task_trials.json"
 TRAIN_SEED0 = 10_000  # the training prompts' seeds: TRAIN_SEED0 + step (chapter 5 and the probe use seed 0)
 
@@ -86,10 +88,7 @@ def main() -> None:
              "parameters": sum(x.numel() for x in model.parameters()), "steps": args.steps, "lr": args.lr,
              "batch": args.batch, "threads": args.threads, "load_at_start": round(load, 2),
              "wall_s": round(time.time() - t0, 1), "probe": rows}
-    done = json.loads(OUT.read_text()) if OUT.exists() else {}
-    done[f"{args.start} {args.model} L{blocks} lr{args.lr:g}"] = entry
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(done, indent=1) + "\n")
+    merge_entry(OUT, f"{args.start} {args.model} L{blocks} lr{args.lr:g}", entry)
 
 
 if __name__ == "__main__":
