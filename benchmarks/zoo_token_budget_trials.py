@@ -11,9 +11,10 @@ conservative proxy (a schedule that decays over the longer budget spends more of
 
 Every ``--eval-every`` steps it measures what ``python -m universality_lib check`` measures for M: the held-out loss
 and its ratio to the shipped T's, the natural-text induction ratios (English, code), the period-64 check and chapter
-5's clean p(B).
+5's clean p(B). ``--model T`` is the control: the shipped T continued alike (its own final rate, 2e-4), the ratio
+then the shipped M's loss over the continued T's.
 
-    python benchmarks/zoo_token_budget_trials.py [--steps 800] [--lr 5e-4] [--threads 1]
+    python benchmarks/zoo_token_budget_trials.py [--model M] [--steps 800] [--lr 5e-4] [--threads 1]
 
 Writes ``benchmarks/results/zoo_token_budget_trials.json`` (one entry per lr and steps, merged with earlier runs)
 with the probe rows, the load average at the start and the wall time.
@@ -39,12 +40,14 @@ from _out import merge_entry
 OUT = Path(__file__).parent / "results" / "zoo_token_budget_trials.json"
 
 
-def probe_fn(p, t_loss: float):
-    """eval_fn for train(): the zoo check's measures of M alone, with the held-out loss over T's."""
+def probe_fn(p, name: str, other_loss: float):
+    """eval_fn for train(): the zoo check's measures of model ``name`` alone, and M's held-out loss over T's with the
+    other model's the shipped one's."""
     def probe(model) -> dict:
         loss, _ = zoo_check.heldout_loss(model, p)
-        out = {"heldout_loss": round(loss, 5), "loss_ratio": round(loss / t_loss, 5)}
-        for c in zoo_check.criteria(p, {"M": model}):
+        ratio = loss / other_loss if name == "M" else other_loss / loss
+        out = {"heldout_loss": round(loss, 5), "loss_ratio": round(ratio, 5)}
+        for c in zoo_check.criteria(p, {name: model}):
             out[c.criterion] = round(float(c.value), 5)
         return out
     return probe
@@ -52,6 +55,8 @@ def probe_fn(p, t_loss: float):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="M", choices=("M", "T"),
+                    help="the model to continue (T: the control, does the Transformer gain as much?)")
     ap.add_argument("--steps", type=int, default=800, help="steps past the shipped budget")
     ap.add_argument("--lr", type=float, default=None, help="constant rate (default: the shipped run's final rate)")
     ap.add_argument("--eval-every", type=int, default=100)
@@ -62,12 +67,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     p = get("tiny")
     tok = corpus.load_tokenizer(p)
-    model = zoo.load(p, "M")
-    shipped = p.train.for_family("mamba")
+    other = "T" if args.model == "M" else "M"
+    family = zoo.spec(p, args.model)[0]
+    model = zoo.load(p, args.model)
+    shipped = p.train.for_family(family)
     done_steps = max(1, shipped.tokens // (shipped.batch_size * shipped.context))  # 1,953 at tiny
     lr = shipped.lr * shipped.min_lr_frac if args.lr is None else args.lr
-    t_loss, _ = zoo_check.heldout_loss(zoo.load(p, "T"), p)
-    probe = probe_fn(p, t_loss)
+    other_loss, _ = zoo_check.heldout_loss(zoo.load(p, other), p)
+    probe = probe_fn(p, args.model, other_loss)
     start = {"step": done_steps, **probe(model)}
     print("start", start, flush=True)
     # the whole schedule constant (no warm-up, floor = peak); the ramp is complete at every step past the budget
@@ -83,7 +90,7 @@ def main() -> None:
     vocab = corpus.frequent_tokens(corpus.token_stream(p, "eval", tok), 1000)
     with tempfile.TemporaryDirectory() as work:
         moments, run = Path(work) / "moments", Path(work) / "more"
-        opt = configure_optimizer(model, cfg.for_family("mamba"), torch.device("cpu"))
+        opt = configure_optimizer(model, cfg.for_family(family), torch.device("cpu"))
         _save_checkpoint(model, opt, TrainState(step=done_steps, tokens=shipped.tokens), moments / "checkpoint",
                          zoo.save_model)  # the run starts at step done_steps: the data order's next batches
         # a fresh AdamW's first updates move every weight by about lr (m / sqrt(v) = sign(g)): the moments are
@@ -95,11 +102,11 @@ def main() -> None:
               progress=True, eval_fn=probe, repeat_vocab=vocab)
         rows = [start] + [{k: v for k, v in r.items() if k not in ("tokens", "lr", "grad_norm")}
                           for r in read_log(run) if "heldout_loss" in r]
-    entry = {"model": "M", "start": "shipped", "steps_past_budget": args.steps, "moment_steps": args.moment_steps,
-             "lr": lr, "T_heldout_loss": t_loss,
+    entry = {"model": args.model, "start": "shipped", "steps_past_budget": args.steps,
+             "moment_steps": args.moment_steps, "lr": lr, f"{other}_heldout_loss": other_loss,
              "threads": args.threads, "load_at_start": round(load, 2), "wall_s": round(time.time() - t0, 1),
              "probe": rows}
-    merge_entry(OUT, f"M lr{lr:g} +{args.steps}", entry)
+    merge_entry(OUT, f"{args.model} lr{lr:g} +{args.steps}", entry)
     for r in rows:
         print(r)
 
