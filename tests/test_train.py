@@ -135,6 +135,16 @@ def test_mamba_lr_applies_to_the_mamba_only(tmp_path):
     assert max(r["lr"] for r in read_log(tmp_path / "M_shared")) == pytest.approx(1e-3)
 
 
+def test_a_mamba_trains_for_its_own_token_budget(tmp_path):
+    # TrainConfig.mamba_tokens: the Mamba's steps, resolved by for_family as mamba_lr is; the Transformer keeps tokens
+    budgets = dict(mamba_tokens=6 * 4 * 32)
+    assert TrainConfig(tokens=100, **budgets).for_family("mamba").tokens == 6 * 4 * 32
+    assert TrainConfig(tokens=100, **budgets).for_family("transformer").tokens == 100
+    _, m = _tiny_run(tmp_path, "M", 4, model_name="M", **budgets)
+    _, t = _tiny_run(tmp_path, "T", 4, model_name="T", **budgets)
+    assert (m.step, t.step) == (6, 4)
+
+
 def test_weight_decay_falls_on_the_weight_matrices_only():
     # as mamba_ssm's _no_weight_decay and nanoGPT's configure_optimizers: no decay on embeddings, biases, norms,
     # A_log and D; every parameter in exactly one group

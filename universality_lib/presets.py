@@ -81,6 +81,7 @@ class TrainConfig:
     context: int = 256
     lr: float = 2e-3
     mamba_lr: float | None = None  # the Mamba's peak learning rate when it differs from the Transformer's
+    mamba_tokens: int | None = None  # the Mamba's token budget when it differs (an unequal budget: disclose it)
     min_lr_frac: float = 0.1
     warmup_steps: int = 200
     weight_decay: float = 0.1

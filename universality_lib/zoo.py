@@ -136,8 +136,11 @@ def model_dir(preset: "str | Preset", name: str) -> Path:
 
 def _key(p: Preset) -> str:
     d = p.to_dict()
-    return cache.stable_hash({"transformer": d["transformer"], "mamba": d["mamba"], "train": d["train"],
-                              "corpus": d["corpus"], "v": 1})
+    # a Mamba-only field left unset trains every model as the shared fields say: it stays out of the key, so adding
+    # such a field to TrainConfig leaves the keys of the recipes that do not set it (and their records) as they were
+    train = {k: v for k, v in d["train"].items() if not (k.startswith("mamba_") and v is None)}
+    return cache.stable_hash({"transformer": d["transformer"], "mamba": d["mamba"], "train": train,
+                              "corpus": d["corpus"], "v": 2})
 
 
 def load(preset: "str | Preset", name: str, device: str | None = None, train_if_missing: bool | None = None):
@@ -224,7 +227,8 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
     torch.manual_seed(seed)
     state = train(model, stream, p.train, work, seed=seed, save_model=save_model, load_weights=load_weights,
                   repeat_vocab=vocab, eval_fn=eval_fn, device=dev, progress=progress, max_steps=max_steps)
-    total = max(1, p.train.tokens // (p.train.batch_size * p.train.context))
+    own = p.train.for_family(family)  # a Mamba's own token budget (TrainConfig.mamba_tokens), as train() resolves it
+    total = max(1, own.tokens // (own.batch_size * own.context))
     if state.step < total:
         print(f"[zoo] {name}: stopped at step {state.step}/{total}; run again to continue.")
         return None
