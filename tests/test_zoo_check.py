@@ -105,6 +105,12 @@ def test_prob_B_by_prefix_tells_induction_from_copying_the_row_start():
     assert table.index[0] == 0 and len(table) >= 3
     assert (table["ind"] > 0.99).all()  # whatever comes before A
     assert table["start"].iloc[0] > 0.99 and (table["start"].iloc[1:] < 0.01).all()  # only when A opens the row
+    # without BOS: the same tokens one position earlier; induction does not care, the planted shortcut (an earlier
+    # copy at position 1, right after BOS) now fires for k = 1 instead of k = 0
+    no_bos = zoo_check.prob_B_by_prefix({"ind": _Inductor(tok), "start": _Inductor(tok, start_only=True)}, "smoke",
+                                        n_prompts=16, bos=False)
+    assert (no_bos["ind"] > 0.99).all() and list(no_bos.index) == list(table.index)
+    assert no_bos["start"].loc[0] < 0.01 and no_bos["start"].loc[1] > 0.99
     with pytest.raises(UniversalityError, match="n_ctx"):
         zoo_check.prob_B_by_prefix({"ind": _Inductor(tok)}, "smoke", prefixes=(0, 60), gap=32)
     for bad in ("32", 2, True):  # refused as a gap, before it chooses the prefixes

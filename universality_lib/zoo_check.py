@@ -71,7 +71,7 @@ def clean_prob_B(model, preset: "str | Preset") -> tuple[float, int]:
 
 
 def prob_B_by_prefix(models: dict, preset: "str | Preset", prefixes=None, gap: int | None = None,
-                     n_prompts: int = 256):
+                     n_prompts: int = 256, bos: bool = True):
     """A diagnostic, not a criterion: mean clean p(B) of induction prompts whose first A sits after ``k`` random
     tokens (``k`` in ``prefixes``), the final A ``gap`` tokens after it. pandas DataFrame, one row per ``k``, one
     column per model.
@@ -79,7 +79,9 @@ def prob_B_by_prefix(models: dict, preset: "str | Preset", prefixes=None, gap: i
     Induction predicts B whatever ``k``. A model that only copies spans opening its row (every tiled training row's
     first copy starts right after BOS, and so do the copies of the induction checks above) predicts B at ``k = 0``
     only. Chapter 5's prompts put A at ``k`` = 0 to 31. Defaults: ``gap`` 32 and ``prefixes`` 0, 1, 2, 4, ..., 32, both
-    cut to what fits the smallest context of ``models`` (BOS + k + gap + 1 tokens)."""
+    cut to what fits the smallest context of ``models`` (BOS + k + gap + 1 tokens). ``bos=False``: the same random
+    tokens without the BOS that opens every training row (the authors' prompts had none): a model that anchors its copy
+    on BOS does better or worse without it, an induction mechanism the same."""
     import pandas as pd
 
     from .circuits.task import insert_prefix, make_prompts, prob_B, task_config, task_vocab
@@ -96,8 +98,8 @@ def prob_B_by_prefix(models: dict, preset: "str | Preset", prefixes=None, gap: i
                                 f"{n_ctx} tokens")
     cols = {}
     for name, model in models.items():
-        cfg = task_config(p, seq_len=gap + 1, max_a_pos=1, n_prompts=n_prompts)  # A opens the body
-        base = make_prompts(task_vocab(p, model.tokenizer), cfg, bos_id=model.tokenizer.bos_token_id)
+        cfg = task_config(p, seq_len=gap + 1, max_a_pos=1, n_prompts=n_prompts, prepend_bos=bos)  # A opens the body
+        base = make_prompts(task_vocab(p, model.tokenizer), cfg, bos_id=model.tokenizer.bos_token_id if bos else None)
         cols[name] = {k: float(prob_B(model, insert_prefix(base, k, seed=k)).mean()) for k in prefixes}
     out = pd.DataFrame(cols)
     out.index.name = "tokens before the first A"
