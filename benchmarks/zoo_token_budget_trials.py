@@ -41,8 +41,8 @@ OUT = Path(__file__).parent / "results" / "zoo_token_budget_trials.json"
 
 
 def probe_fn(p, name: str, other_loss: float):
-    """eval_fn for train(): the zoo check's measures of model ``name`` alone, and M's held-out loss over T's with the
-    other model's the shipped one's."""
+    """eval_fn for train(): the zoo check's measures of model ``name`` alone, and M's held-out loss over T's, the other
+    model's loss (``other_loss``) being the shipped one's."""
     def probe(model) -> dict:
         loss, _ = zoo_check.heldout_loss(model, p)
         ratio = loss / other_loss if name == "M" else other_loss / loss
@@ -71,7 +71,7 @@ def main() -> None:
     family = zoo.spec(p, args.model)[0]
     model = zoo.load(p, args.model)
     shipped = p.train.for_family(family)
-    done_steps = max(1, shipped.tokens // (shipped.batch_size * shipped.context))  # 1,953 at tiny
+    done_steps = shipped.steps  # 1,953 at tiny
     lr = shipped.lr * shipped.min_lr_frac if args.lr is None else args.lr
     other_loss, _ = zoo_check.heldout_loss(zoo.load(p, other), p)
     probe = probe_fn(p, args.model, other_loss)

@@ -119,6 +119,12 @@ class TrainConfig:
     mamba_tile_offset_max: int | None = None
     mamba_repeat_pair_frac: float | None = None
 
+    @property
+    def steps(self) -> int:
+        """The optimizer steps of a run of this config: ``tokens`` in batches of ``batch_size`` rows of ``context``
+        (resolve a family's own budget with :meth:`for_family` first)."""
+        return max(1, self.tokens // (self.batch_size * self.context))
+
     def for_family(self, family: str) -> "TrainConfig":
         """The config one family trains with, resolved: for a ``"mamba"`` every ``mamba_<field>`` that is set
         replaces ``<field>``; a ``"transformer"`` trains with the shared fields. Either way the ``mamba_*`` fields

@@ -256,7 +256,7 @@ def _train(model, stream, cfg, out_dir: Path, seed, save_model, load_weights, re
     model.to(device).train()
     cfg = cfg.for_family(family(model))  # a Mamba's own lr / curriculum fields (TrainConfig.mamba_*)
     _check_recipe(out_dir, cfg, seed)
-    total = max(1, cfg.tokens // (cfg.batch_size * cfg.context))
+    total = cfg.steps
     opt = configure_optimizer(model, cfg, device)
     ckpt = out_dir / CHECKPOINT
     cache.recover(ckpt)  # a run killed while replacing its checkpoint left the previous one aside

@@ -227,8 +227,7 @@ def train_model(preset: "str | Preset", name: str, device: str | None = None, wo
     torch.manual_seed(seed)
     state = train(model, stream, p.train, work, seed=seed, save_model=save_model, load_weights=load_weights,
                   repeat_vocab=vocab, eval_fn=eval_fn, device=dev, progress=progress, max_steps=max_steps)
-    own = p.train.for_family(family)  # a Mamba's own token budget (TrainConfig.mamba_tokens), as train() resolves it
-    total = max(1, own.tokens // (own.batch_size * own.context))
+    total = p.train.for_family(family).steps  # a Mamba's own token budget (mamba_tokens), as train() resolves it
     if state.step < total:
         print(f"[zoo] {name}: stopped at step {state.step}/{total}; run again to continue.")
         return None
