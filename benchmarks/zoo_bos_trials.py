@@ -7,8 +7,8 @@ models saw it on every row; the authors' prompts had none). Two measures, each w
 tokens, the BOS dropped):
 
 * chapter 5's prompts (A in the first 32 tokens of a 64-token random body, the final A at the end);
-* prompts whose first A sits after ``k`` random tokens (``insert_prefix``, as ``zoo_check.prob_B_by_prefix``), the
-  final A 32 tokens after it.
+* prompts whose first A sits after ``k`` random tokens, the final A 32 tokens after it
+  (``zoo_check.prob_B_by_prefix``, ``bos=True`` / ``False``).
 
     python benchmarks/zoo_bos_trials.py [--prompts 256] [--threads 2]
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from universality_lib import corpus, zoo
-from universality_lib.circuits.task import insert_prefix, make_prompts, prob_B, task_config, task_vocab
+from universality_lib import corpus, zoo, zoo_check
+from universality_lib.circuits.task import make_prompts, prob_B, task_config, task_vocab
 from universality_lib.presets import get
 
 from _out import write_json
@@ -44,20 +44,18 @@ def main() -> None:
     p = get("tiny")
     tok = corpus.load_tokenizer(p)
     vocab = task_vocab(p, tok)
+    models = {name: zoo.load(p, name) for name in ("T", "T2", "M")}
     load, t0 = os.getloadavg()[0], time.time()
-    out = {}
-    for name in ("T", "T2", "M"):
-        model = zoo.load(p, name)
-        out[name] = {}
-        for bos in (True, False):
-            bos_id = tok.bos_token_id if bos else None
-            chapter5 = make_prompts(vocab, task_config(p, n_prompts=args.prompts, prepend_bos=bos), bos_id=bos_id)
-            opening = make_prompts(vocab, task_config(p, seq_len=GAP + 1, max_a_pos=1, n_prompts=args.prompts,
-                                                      prepend_bos=bos), bos_id=bos_id)
+    out = {name: {} for name in models}
+    for bos in (True, False):
+        by_prefix = zoo_check.prob_B_by_prefix(models, p, prefixes=PREFIXES, gap=GAP, n_prompts=args.prompts, bos=bos)
+        chapter5 = make_prompts(vocab, task_config(p, n_prompts=args.prompts, prepend_bos=bos),
+                                bos_id=tok.bos_token_id if bos else None)
+        for name, model in models.items():
             out[name]["bos" if bos else "no_bos"] = {
                 "chapter5": round(float(prob_B(model, chapter5).mean()), 4),
-                "k": {str(k): round(float(prob_B(model, insert_prefix(opening, k, seed=k)).mean()), 4)
-                      for k in PREFIXES}}
+                "k": {str(k): round(float(v), 4) for k, v in by_prefix[name].items()}}
+    for name in models:
         print(name, out[name], flush=True)
     write_json({"prompts": args.prompts, "gap": GAP, "threads": args.threads, "load_at_start": round(load, 2),
                 "wall_s": round(time.time() - t0, 1), "by_model": out}, str(OUT))
