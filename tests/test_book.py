@@ -164,7 +164,8 @@ def test_front_page_without_results(tmp_path):
 
 
 def test_built_html_is_offline(mini_html):
-    """The build serves MathJax from _static/mathjax/ and inlines circuitsvis: no page fetches from another host."""
+    """The build serves MathJax from _static/mathjax/ and inlines circuitsvis: no page fetches from another host; every
+    page links the book's own stylesheet."""
     _, _, index = mini_html
     site = index.parent
     assert book.external_resources(site) == []
@@ -179,6 +180,10 @@ def test_built_html_is_offline(mini_html):
     # circuitsvis's bundle: one shared copy in _static/, loaded by a classic script before the views
     assert views.bundle() not in page and "var CircuitsVis=" not in page
     assert page.count('<script src="../_static/circuitsvis.js"></script>') == 1
+    # the book's own stylesheet (universality_lib/book/static/), copied and linked from every page
+    from universality_lib.book.extension import STATIC, STYLESHEET
+    assert (site / "_static" / STYLESHEET).read_bytes() == (STATIC / STYLESHEET).read_bytes()
+    assert f'href="../_static/{STYLESHEET}' in page
     assert page.index('src="../_static/circuitsvis.js"') < page.index("CircuitsVis.render(")
     assert (site / "_static" / views.BUNDLE_FILE).read_text(encoding="utf-8") == views.bundle()
     assert len(page.encode()) < 200_000  # the 1.3 MB bundle is not in the page

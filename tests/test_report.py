@@ -195,3 +195,38 @@ def test_paper_plan_counts_what_the_library_runs():
     assert all(r["flops"] > 0 and 0 < r["memory_gb"] < 16 for r in rows.values())
     # estimated times scale inversely with the GPU's float32 peak
     assert torch.tensor([g.fp32_tflops for g in resources.GPUS]).diff().gt(0).all()
+
+
+def _status_cell_edge(page, chromium: str) -> tuple[float, float]:
+    """Headless Chromium in a 1,300 px window: the right edge of the claims table's first status cell and the page's
+    width (px), written into the DOM by a script on the page."""
+    import subprocess
+
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1300,900",
+           "--host-resolver-rules=MAP * ~NOTFOUND", "--dump-dom", page.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r'data-edge="([\d.]+) ([\d.]+)"', dom)
+    assert m, dom[-2000:]
+    return float(m[1]), float(m[2])
+
+
+def test_claims_table_keeps_the_status_column_on_the_page(tmp_path, chromium):
+    """A run's values are long strings with no spaces; with the book's stylesheet they break inside their cell and
+    the status column stays within a 1,300 px page. Without it the same table runs off the page (so the check can
+    fail)."""
+    from universality_lib.book.extension import STATIC, STYLESHEET
+
+    long = ";".join(f"prob_B_M_no_bos_A_later_{i}=0.0123" for i in range(12))  # 400 characters, no space
+    rows = [dict(r, this_run=long) for r in report.claim_rows(results={})]
+    probe = ("<script>var c = document.querySelector('td[class^=status-]').getBoundingClientRect();"
+             "document.body.setAttribute('data-edge', c.right + ' ' + document.documentElement.clientWidth);</script>")
+    edges = {}
+    for name, css in (("book", (STATIC / STYLESHEET).read_text(encoding="utf-8")), ("none", "")):
+        page = tmp_path / f"{name}.html"
+        page.write_text(f"<!DOCTYPE html><html><head><style>{css}</style></head><body style='margin:0'>"
+                        f"{report.to_html(rows)}{probe}</body></html>", encoding="utf-8")
+        edges[name] = _status_cell_edge(page, chromium)
+    right, width = edges["book"]
+    assert width == pytest.approx(1300, abs=40) and right <= width
+    right, width = edges["none"]
+    assert right > width

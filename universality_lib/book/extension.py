@@ -5,9 +5,11 @@ During ``jupyter-book build`` it
   (:func:`universality_lib.book.offline.copy_mathjax`), so formulas render with no network;
 * writes circuitsvis's bundle once to ``_static/circuitsvis.js`` and takes the inlined copies out of every page
   (:func:`universality_lib.views.share_bundle`), so each view loads the shared one;
-* provides the ``{front-page}`` directive (:func:`universality_lib.book.front_page.front_page_html`).
+* provides the ``{front-page}`` directive (:func:`universality_lib.book.front_page.front_page_html`);
+* adds the book's own stylesheet, ``static/universality.css`` beside this file, to every page.
 
-The hooks are Sphinx's core events (``build-finished``, ``html-page-context``), as in Sphinx's own extensions.
+The hooks are Sphinx's core events (``config-inited``, ``build-finished``, ``html-page-context``), as in Sphinx's own
+extensions.
 """
 from __future__ import annotations
 
@@ -16,6 +18,14 @@ from pathlib import Path
 from .. import views
 from .front_page import front_page_html
 from .offline import MATHJAX_DIR, copy_mathjax, mathjax_source
+
+STATIC = Path(__file__).parent / "static"  # the book's own static files (copied to the build's _static/)
+STYLESHEET = "universality.css"
+
+
+def _add_static(app, config) -> None:
+    """``config-inited``: Sphinx copies :data:`STATIC` into ``_static/`` too (as sphinx.ext.* add their assets)."""
+    config.html_static_path = [*config.html_static_path, str(STATIC)]
 
 
 def _copy_mathjax(app, exception) -> None:
@@ -40,7 +50,7 @@ def _write_circuitsvis(app, exception) -> None:
 
 
 def setup(app) -> dict:
-    """Sphinx entry point: the ``{front-page}`` directive and the three hooks above."""
+    """Sphinx entry point: the ``{front-page}`` directive, the stylesheet and the four hooks above."""
     from docutils import nodes
     from sphinx.util.docutils import SphinxDirective
 
@@ -53,6 +63,8 @@ def setup(app) -> dict:
             return [nodes.raw("", front_page_html(self.env.srcdir, self.env.docname), format="html")]
 
     app.add_directive("front-page", FrontPage)
+    app.connect("config-inited", _add_static)
+    app.add_css_file(STYLESHEET)
     app.connect("build-finished", _copy_mathjax)
     app.connect("html-page-context", _share_circuitsvis)
     app.connect("build-finished", _write_circuitsvis)
