@@ -8,12 +8,15 @@ tokens, the BOS dropped):
 
 * chapter 5's prompts (A in the first 32 tokens of a 64-token random body, the final A at the end);
 * prompts whose first A sits after ``k`` random tokens, the final A 32 tokens after it
-  (``zoo_check.prob_B_by_prefix``, ``bos=True`` / ``False``).
+  (``zoo_check.prob_B_by_prefix``, ``bos=True`` / ``False``);
+* the same with the final A ``gap`` tokens after the first (3 to 32; ``k`` 0, 4, 16): a model whose recall fades as
+  more pairs come between (the state's capacity, for a Mamba) does better at small gaps; a model that copies only
+  from the row's start does no better at a gap of 3 than at 32 once ``k`` > 0.
 
     python benchmarks/zoo_bos_trials.py [--prompts 256] [--threads 2]
 
-Writes ``benchmarks/results/zoo_bos_trials.json``: {model: {"bos" | "no_bos": {"chapter5": p, "k": {k: p}}}}, with the
-load average and the wall time.
+Writes ``benchmarks/results/zoo_bos_trials.json``: {model: {"bos" | "no_bos": {"chapter5": p, "k": {k: p},
+"gap": {gap: {k: p}}}}}, with the load average and the wall time.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from _out import write_json
 OUT = Path(__file__).parent / "results" / "zoo_bos_trials.json"
 PREFIXES = (0, 1, 2, 4, 8, 16)
 GAP = 32
+GAPS, GAP_PREFIXES = (3, 4, 8, 16, 32), (0, 4, 16)
 
 
 def main() -> None:
@@ -51,13 +55,16 @@ def main() -> None:
         by_prefix = zoo_check.prob_B_by_prefix(models, p, prefixes=PREFIXES, gap=GAP, n_prompts=args.prompts, bos=bos)
         chapter5 = make_prompts(vocab, task_config(p, n_prompts=args.prompts, prepend_bos=bos),
                                 bos_id=tok.bos_token_id if bos else None)
+        by_gap = {g: zoo_check.prob_B_by_prefix(models, p, prefixes=GAP_PREFIXES, gap=g, n_prompts=args.prompts,
+                                                bos=bos) for g in GAPS}
         for name, model in models.items():
             out[name]["bos" if bos else "no_bos"] = {
                 "chapter5": round(float(prob_B(model, chapter5).mean()), 4),
-                "k": {str(k): round(float(v), 4) for k, v in by_prefix[name].items()}}
+                "k": {str(k): round(float(v), 4) for k, v in by_prefix[name].items()},
+                "gap": {str(g): {str(k): round(float(v), 4) for k, v in df[name].items()} for g, df in by_gap.items()}}
     for name in models:
         print(name, out[name], flush=True)
-    write_json({"prompts": args.prompts, "gap": GAP, "threads": args.threads, "load_at_start": round(load, 2),
+    write_json({"prompts": args.prompts, "gap": GAP, "gaps": list(GAPS), "threads": args.threads, "load_at_start": round(load, 2),
                 "wall_s": round(time.time() - t0, 1), "by_model": out}, str(OUT))
 
 
