@@ -51,6 +51,8 @@ def test_check_prints_and_writes_every_criterion_with_its_verdict(tmp_path, caps
     assert {"heldout_loss_ratio", "natural_induction_code", "random_induction", "clean_prob_B"} == {c for c, _ in crits}
     assert out["passed"] == all(r["passed"] for r in crits.values())
     assert set(out["prob_B_by_prefix"]) == {"T", "T2", "M"} and "0" in out["prob_B_by_prefix"]["M"]
+    assert set(out["natural_ratio_by_prefix"]) == {"code"}  # smoke has no English text
+    assert set(out["natural_ratio_by_prefix"]["code"]) == {"T", "T2", "M"} and "0" in out["natural_ratio_by_prefix"]["code"]["M"]
     printed = capsys.readouterr().out
     assert "clean_prob_B" in printed and "[check]" in printed
 

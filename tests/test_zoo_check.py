@@ -146,3 +146,49 @@ def test_the_training_probe_logs_clean_p_B_on_chapter_5s_prompts():
     row = training_probe(p, tok, vocab)(Oracle(tok, 10_000))
     assert row["clean_pB"] == pytest.approx(1.0, abs=1e-6)
     assert training_probe(p, tok, vocab)(_Planted(tok, 10_000))["clean_pB"] < 0.01  # uniform: 1 / vocabulary
+
+
+class _RowStartCopier(_Planted):
+    """Copies only a span that opens its row: at position i, once the last tokens repeat the row's first tokens
+    (x_j .. x_i equal x_1 .. x_{i-j+1}, j > 1 the latest such start), predicts x_{i-j+2}; elsewhere uniform. The
+    shortcut a model trained on tiled rows can learn, which a repeat that opens its row cannot tell from induction."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, S=0)
+
+    def forward(self, x, return_type="logits"):
+        logits = torch.zeros(*x.shape, self.vocab)
+        for r in range(len(x)):
+            row = x[r].tolist()
+            for i in range(2, len(row) - 1):
+                for j in range(i, 1, -1):
+                    if row[j:i + 1] == row[1:i - j + 2]:
+                        logits[r, i, row[i - j + 2]] = 30.0
+                        break
+        return logits
+
+
+def test_natural_ratio_by_prefix_tells_induction_from_copying_the_row_start():
+    from universality_lib.errors import UniversalityError
+    from universality_lib.plots import ratio_by_prefix
+
+    tok = corpus.load_tokenizer("smoke")
+    models = {"copy": _Planted(tok, 8, n_ctx=64), "start": _RowStartCopier(tok), "none": _Planted(tok, 10_000)}
+    table = zoo_check.natural_ratio_by_prefix(models, "smoke", prefixes=(0, 4, 16), seq_len=8, n_snippets=6)
+    assert list(table.index) == [0, 4, 16] and table.index.name == "tokens before the first copy"
+    # a copy at the lag of the repeat (an induction model's answer on these rows) copies wherever the first copy is
+    assert (table["copy"] < 0.01).all()
+    # the row-start copier passes the criterion's shape (k = 0; a token repeated inside a snippet makes it err a
+    # little there) and copies nothing once the first copy does not open the row
+    assert table["start"].loc[0] < zoo_check.INDUCTION_MAX and (table["start"].loc[[4, 16]] > 0.99).all()
+    assert table["none"].tolist() == pytest.approx([1.0, 1.0, 1.0])
+    # k = 0 is the criterion's row shape: BOS, the snippet, the snippet again
+    assert zoo_check.natural_ratio_by_prefix({"copy": _Planted(tok, 8, n_ctx=64)}, "smoke", seq_len=8,
+                                             n_snippets=6).index[-1] == 32  # 1 + 48 + 16 > 64 cuts 48
+    fig = ratio_by_prefix({"code": table})  # chapter 1's figure: a line per model, the criterion dotted
+    assert [len(ax.lines) for ax in fig.axes] == [len(models) + 1] and fig.axes[0].get_title() == "code"
+    with pytest.raises(UniversalityError, match="n_ctx"):
+        zoo_check.natural_ratio_by_prefix(models, "smoke", prefixes=(0, 60), seq_len=8)
+    for bad in (2, "8", True):
+        with pytest.raises(UniversalityError, match="seq_len"):
+            zoo_check.natural_ratio_by_prefix(models, "smoke", seq_len=bad)

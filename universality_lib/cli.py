@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(preset, json_path: str | None, folder: str | None = None) -> int:
-    """``check``: load the trained zoo (or the models in ``folder``), print (and write) the criteria and the p(B)
-    table; 1 when one fails."""
+    """``check``: load the trained zoo (or the models in ``folder``), print (and write) the criteria and the two
+    row-start diagnostics (p(B) and the natural-text ratio by prefix); 1 when a criterion fails."""
     from pathlib import Path
 
     from . import cache, corpus, zoo, zoo_check
@@ -139,14 +139,21 @@ def _check(preset, json_path: str | None, folder: str | None = None) -> int:
         models = {name: zoo.load(preset, name) for name in zoo.names(preset)}
     rows = zoo_check.criteria(preset, models)
     prefix = zoo_check.prob_B_by_prefix(models, preset)
+    kinds = ("text", "code") if preset.corpus.text_sources else (None,)
+    moved = {kind or "code": zoo_check.natural_ratio_by_prefix(models, preset, kind=kind) for kind in kinds}
     print(zoo_check.table(rows).to_string(index=False))
     print(f"\nclean p(B) by {prefix.index.name} (a diagnostic, not a criterion):")
     print(prefix.round(3).to_string())
+    for kind, table in moved.items():
+        print(f"\nnatural-text ratio ({kind}) by {table.index.name} (a diagnostic, not a criterion):")
+        print(table.round(3).to_string())
     passed = all(r.passed for r in rows)
     if json_path:
         cache.atomic_write_json(Path(json_path), {
             "preset": preset.name, "passed": passed, "criteria": [r.to_dict() for r in rows],
-            "prob_B_by_prefix": {name: {str(k): v for k, v in col.items()} for name, col in prefix.items()}})
+            "prob_B_by_prefix": {name: {str(k): v for k, v in col.items()} for name, col in prefix.items()},
+            "natural_ratio_by_prefix": {kind: {name: {str(k): v for k, v in col.items()} for name, col in t.items()}
+                                        for kind, t in moved.items()}})
     print(f"\n[check] {'every criterion passed' if passed else 'a criterion failed'}")
     return 0 if passed else 1
 

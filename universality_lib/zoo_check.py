@@ -12,7 +12,8 @@ them, and ``python -m universality_lib check`` prints them (after ``train``: doe
 ``clean_prob_B``                chapter 5's induction prompts (circuits.task): M's mean p(B) on clean prompts >= 0.3
 ==============================  ==================================================================================
 
-:func:`prob_B_by_prefix` is a diagnostic beside the criteria: p(B) when the first A does not open the row.
+:func:`prob_B_by_prefix` and :func:`natural_ratio_by_prefix` are diagnostics beside the criteria: p(B), and the
+natural-text ratio, when what is copied does not open the row.
 
 A preset without a ``heldout`` split (``smoke``: code only, no download) measures the loss and the code ratio on
 its ``eval`` split instead and says so in the row's ``split``; it has no English text, so that row is skipped.
@@ -103,6 +104,55 @@ def prob_B_by_prefix(models: dict, preset: "str | Preset", prefixes=None, gap: i
         cols[name] = {k: float(prob_B(model, insert_prefix(base, k, seed=k)).mean()) for k in prefixes}
     out = pd.DataFrame(cols)
     out.index.name = "tokens before the first A"
+    return out
+
+
+def natural_ratio_by_prefix(models: dict, preset: "str | Preset", kind: str | None = None, prefixes=None,
+                            seq_len: int | None = None, n_snippets: int = 100, seed: int = 0):
+    """A diagnostic, not a criterion: the natural-text induction ratio (repeat / first-copy loss, as
+    :func:`~.circuits.induction.induction_check` computes it) when the snippet's first copy starts after the ``k``
+    tokens that precede it in its document (``k`` in ``prefixes``). pandas DataFrame, one row per ``k``, one column
+    per model.
+
+    The ``natural_induction_<kind>`` criterion repeats a snippet that opens its row, right after BOS. A model that
+    copies only from the row's start passes it at ``k = 0`` and has a ratio near 1 for ``k > 0``; induction copies
+    wherever the first copy is. Snippets come from the criterion's split (``heldout``, or ``eval`` without one), of
+    ``kind`` (``"text"`` or ``"code"``; None: the whole split, as a preset without English text has it). Defaults:
+    ``seq_len`` 32 (a quarter of the smallest context of ``models`` where that is less), ``prefixes`` 0, 2, 4, 8, 16,
+    32, 48, cut to what fits that context (BOS + k + 2 x ``seq_len``; at most 113 tokens with a ``seq_len`` of 32,
+    inside the tiny zoo's 128-token training rows); the same snippets for every ``k``."""
+    import pandas as pd
+
+    p = get_preset(preset)
+    n_ctx = min(m.cfg.n_ctx for m in models.values())
+    seq_len = min(32, (n_ctx - 1) // 4) if seq_len is None else seq_len
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 3:
+        raise UniversalityError(f"seq_len {seq_len!r}: need a whole number >= 3 (the ratio skips each copy's first token)")
+    if prefixes is None:
+        prefixes = [k for k in (0, 2, 4, 8, 16, 32, 48) if 1 + k + 2 * seq_len <= n_ctx]
+    prefixes = list(prefixes)
+    if not prefixes or min(prefixes) < 0 or 1 + max(prefixes) + 2 * seq_len > n_ctx:
+        raise UniversalityError(f"seq_len {seq_len} with prefixes {prefixes}: need BOS + prefix + 2 x seq_len <= n_ctx "
+                                f"= {n_ctx} tokens, and no negative prefix")
+    tokenizer = next(iter(models.values())).tokenizer
+    stream = corpus.token_stream(p, _split(p), tokenizer=tokenizer, kind=kind if p.corpus.text_sources else None)
+    tokens = torch.from_numpy(stream.tokens.astype("int64"))
+    K = max(prefixes)
+    windows = heldout_snippets(tokens, n_snippets, K + seq_len, stream.bos_id, seed=seed)[:, 1:K + seq_len + 1]
+    snippet = windows[:, K:]  # [n, S]: the last S tokens of each window, after its K tokens of context
+    bos = windows[:, :1].clone().fill_(stream.bos_id)
+    cols = {}
+    for name, model in models.items():
+        col = {}
+        for k in prefixes:
+            rows = torch.cat([bos, windows[:, K - k:K], snippet, snippet], dim=1)  # BOS, k tokens before it, s, s
+            loss = per_position_loss(model, rows)  # [n, k + 2S]; column j predicts token j + 1
+            first = loss[:, k + 1:k + seq_len].mean()  # each copy's first token skipped, as induction_check does
+            repeat = loss[:, k + seq_len + 1:k + 2 * seq_len].mean()
+            col[k] = float(repeat / first)
+        cols[name] = col
+    out = pd.DataFrame(cols)
+    out.index.name = "tokens before the first copy"
     return out
 
 

@@ -15,9 +15,9 @@ from .off_by_one import lag_shares, off_by_one_diagram, offset_profiles
 from .saes import feature_density, sae_quality, sae_training_curve
 from .similarity import layer_matrix, mppc_distributions, mppc_means, paired_mppc
 from .universality import complexity_panels, depth_panels
-from .zoo import induction_curves, loss_by_position, prob_by_prefix, training_curves
+from .zoo import induction_curves, loss_by_position, prob_by_prefix, ratio_by_prefix, training_curves
 
 __all__ = ["circuit_diagrams", "complexity_panels", "depth_panels", "effect_bars", "effect_heatmap",
-           "feature_density", "induction_curves", "lag_shares", "layer_matrix", "loss_by_position", "prob_by_prefix",
-           "mppc_distributions", "mppc_means", "off_by_one_diagram", "offset_profiles", "paired_mppc", "sae_quality",
-           "sae_training_curve", "training_curves"]
+           "feature_density", "induction_curves", "lag_shares", "layer_matrix", "loss_by_position", "mppc_distributions",
+           "mppc_means", "off_by_one_diagram", "offset_profiles", "paired_mppc", "prob_by_prefix", "ratio_by_prefix",
+           "sae_quality", "sae_training_curve", "training_curves"]

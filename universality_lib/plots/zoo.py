@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["induction_curves", "loss_by_position", "prob_by_prefix", "training_curves"]
+__all__ = ["induction_curves", "loss_by_position", "prob_by_prefix", "ratio_by_prefix", "training_curves"]
 
 
 def loss_by_position(curves: dict[str, "np.ndarray"], title: str = "", ylabel: str = "loss (nats)",
@@ -68,6 +68,27 @@ def prob_by_prefix(table, title: str = "clean p(B) when the first A does not ope
     ax.set_xticks(x, [str(k) for k in table.index])
     ax.set_ylim(0, 1)
     return _finish(fig, ax, "random tokens between BOS and the first A", "mean p(B)", title)
+
+
+def ratio_by_prefix(tables: dict, threshold: float = 0.5,
+                    title: str = "natural-text induction when the first copy does not open the row"):
+    """One panel per kind of text (``tables[kind]`` from ``zoo_check.natural_ratio_by_prefix``), one line per model:
+    the repeat / first-copy ratio against the tokens before the first copy; dotted, the criterion's ``threshold``."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.2), sharey=True, squeeze=False)
+    for ax, (kind, table) in zip(axes[0], tables.items()):
+        x = np.arange(len(table))
+        for name in table.columns:
+            ax.plot(x, table[name].to_numpy(dtype=float), marker="o", label=name, lw=1.5)
+        ax.axhline(threshold, color="grey", ls=":", lw=1)
+        ax.set_xticks(x, [str(k) for k in table.index])
+        ax.set_ylim(0, 1.1)
+        ax.set_title(kind)
+        ax.set_xlabel("tokens before the first copy")
+    axes[0][0].set_ylabel("repeat / first-copy loss")
+    axes[0][-1].legend(frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str):
