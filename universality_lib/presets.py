@@ -259,10 +259,12 @@ _TINY = Preset(
     # per block; with d_state 16, M (1.33M parameters, untied) reached a natural-text ratio of 0.65 and a random
     # period-64 ratio of 0.53 at 16M tokens (session 6; recipe_trials.json). The embedding is tied, as Mamba-130M's
     # is, which keeps M within 15% of T (1.16M vs 1.24M parameters); measured 0.85x the d_state-16 M's speed. Trained in
-    # session 7 alone on the 2 cores (2 threads): 48 min. Held-out natural-text ratio 0.36 (English) / 0.44 (code), period-64
-    # check 0.22; still short of the zoo check on the loss (M / T 1.036) and on chapter 5's clean p(B) (0.033), which
-    # it predicts only when A is among the first tokens after BOS (zoo_check.prob_B_by_prefix): every tiled row's first
-    # copy starts there (T and T2 lean on the same shortcut, less). Tried against it (recipe_trials.json): pair rows
+    # session 7 alone on the 2 cores (2 threads): 48 min. Held-out natural-text ratio 0.36 (English) / 0.44 (code) for a
+    # snippet that opens its row only (0.84 / 0.79 when its first copy starts after 2-48 tokens of its document, T 0.29 /
+    # 0.30: zoo_check.natural_ratio_by_prefix, session 17), period-64 check 0.22; still short of the zoo check on the
+    # loss (M / T 1.036) and on chapter 5's clean p(B) (0.033), which it predicts only when A is among the first
+    # tokens after BOS (zoo_check.prob_B_by_prefix): every tiled row's first copy starts there (T and T2 lean on the
+    # same shortcut, less). Tried against it (recipe_trials.json): pair rows
     # by fine-tuning the shipped models (benchmarks/zoo_pb_trials.py), and an M from scratch with tile offsets and pair
     # rows (mamba_tile_offset_max 32, mamba_repeat_pair_frac 0.5; session 10): clean p(B) 0.001 and every induction
     # ratio over 0.5, so neither field is set here. T / T2 from scratch with tile_offset_max 32 (session 12) formed
