@@ -122,6 +122,21 @@ def test_prob_B_by_prefix_tells_induction_from_copying_the_row_start():
     assert not (moved.tokens[:, 1:6] == base.a[:, None]).any() and bool((moved.tokens[:, 0] == tok.bos_token_id).all())
 
 
+def test_prob_B_by_start_splits_chapter_5s_prompts_by_where_A_sits():
+    from universality_lib.circuits import make_prompts, prob_B_by_start, task_config, task_vocab
+
+    tok = corpus.load_tokenizer("smoke")
+    for bos in (True, False):
+        prompts = make_prompts(task_vocab("smoke", tok), task_config("smoke", n_prompts=64, seed=3, prepend_bos=bos),
+                               bos_id=tok.bos_token_id if bos else None)
+        ind, start = prob_B_by_start(_Inductor(tok), prompts), prob_B_by_start(_Inductor(tok, start_only=True), prompts)
+        opens = int((prompts.pos_a == int(bos)).sum())
+        assert ind["n_first"] == start["n_first"] == opens and ind["n_first"] + ind["n_later"] == 64
+        assert ind["A_later"] > 0.99 and (ind["A_first"] is None or ind["A_first"] > 0.99)
+        if bos:  # the planted shortcut copies from position 1, which opens the body only after a BOS
+            assert opens > 0 and start["A_first"] > 0.99 and start["A_later"] < 0.01
+
+
 def test_the_training_probe_logs_clean_p_B_on_chapter_5s_prompts():
     """The probe's clean_pB is the mean p(B) of its 64 prompts: a model that puts all its mass on B gives 1."""
     from universality_lib import presets

@@ -8,7 +8,8 @@
 * ``off_by_one``: where a token enters the state (the write at B+k), conv lags, the Transformer control.
 """
 from .effects import Effects
-from .task import CORRUPTIONS, InductionPrompts, TaskConfig, estimate, make_prompts, task_config, task_vocab
+from .task import (CORRUPTIONS, InductionPrompts, TaskConfig, estimate, make_prompts, prob_B_by_start, task_config,
+                   task_vocab)
 
-__all__ = ["Effects", "CORRUPTIONS", "InductionPrompts", "TaskConfig", "estimate", "make_prompts", "task_config",
-           "task_vocab"]
+__all__ = ["Effects", "CORRUPTIONS", "InductionPrompts", "TaskConfig", "estimate", "make_prompts", "prob_B_by_start",
+           "task_config", "task_vocab"]

@@ -271,6 +271,17 @@ def prob_B(model, prompts: InductionPrompts) -> torch.Tensor:
                           for b in prompts.batches()])
 
 
+def prob_B_by_start(model, prompts: InductionPrompts) -> dict:
+    """Mean p(B) of ``prompts`` split by where the first A sits: ``"A_first"`` over the prompts whose first A opens
+    the random body (right after BOS, or at position 0 without one), ``"A_later"`` over the rest, with their counts
+    ``"n_first"`` / ``"n_later"`` (None for an empty group). Induction predicts B in both groups; a model that copies
+    only from its row's start (``zoo_check.prob_B_by_prefix``) in the first only."""
+    p = prob_B(model, prompts)  # [n]
+    first = prompts.pos_a == int(prompts.bos_id is not None and prompts.config.prepend_bos)  # [n] bool
+    mean = lambda m: float(p[m].mean()) if bool(m.any()) else None  # noqa: E731
+    return {"A_first": mean(first), "A_later": mean(~first), "n_first": int(first.sum()), "n_later": int((~first).sum())}
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A mean over prompts with its standard error (sample std / sqrt(n))."""
