@@ -12,7 +12,10 @@ training the shipped M for ``--steps`` steps of the tiny recipe's batches (same 
 * ``offsets``: a tiled row's first copy after 0-32 tokens (``TrainConfig.tile_offset_max``), not right after BOS;
 * ``offsetpairs``: ``offsets`` and ``pairs`` together (the recipe of the from-scratch trial of session 10).
 
-    python benchmarks/zoo_pb_trials.py ARM [--model M] [--steps 150] [--lr 1e-3] [--threads 1]
+    python benchmarks/zoo_pb_trials.py ARM [--model M] [--steps 150] [--lr 1e-3] [--threads 1] [--from DIR]
+
+``--from DIR`` starts from the model a ``train --dest`` installed in ``DIR/<model>`` instead of the shipped one (for
+the trial models of recipe_trials.json; the entry's key says which).
 
 Writes ``benchmarks/results/zoo_pb_trials.json`` (one entry per model and arm, merged with earlier runs) with
 the probe rows, the machine's load average at the start and the wall time. A trial, not the recipe: a model that ships is trained
@@ -72,11 +75,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--from", dest="start", default=None, help="a `train --dest` folder to start from")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     p = get("tiny")
     tok = corpus.load_tokenizer(p)
-    model = zoo.load(p, args.model)
+    model = zoo.load_folder(Path(args.start) / args.model, tok) if args.start else zoo.load(p, args.model)
     probe = probe_fn(p, tok)
     start = {"step": 0, **probe(model)}
     cfg = replace(p.train, tokens=args.steps * p.train.batch_size * p.train.context, lr=args.lr, mamba_lr=args.lr,
@@ -92,8 +96,8 @@ def main() -> None:
                                                              .splitlines()) + "]") if "pB" in r]
     entry = {"model": args.model, "arm": args.arm, "curriculum": ARMS[args.arm], "steps": args.steps, "lr": args.lr,
              "threads": args.threads, "load_at_start": round(load, 2), "wall_s": round(time.time() - t0, 1),
-             "probe": rows}
-    merge_entry(OUT, f"{args.model} {args.arm}", entry)
+             "probe": rows, **({"from": args.start} if args.start else {})}
+    merge_entry(OUT, f"{args.model} {args.arm}" + (f" from {Path(args.start).name}" if args.start else ""), entry)
     for r in rows:
         print(args.model, args.arm, r)
 
