@@ -47,6 +47,34 @@ def test_induction_check_detects_copying_and_its_absence():
     assert not bad.passed and abs(bad.ratio - 1) < 1e-6
 
 
+def test_induction_check_with_a_prefix_reads_the_copies_after_it():
+    """Rows [BOS] p_1..p_k x x: the ratio is taken over the two copies after the k prefix tokens (a copier that knows
+    the copy length passes whatever k; the prefix's own losses do not enter)."""
+    import pytest
+
+    from universality_lib.errors import UniversalityError
+
+    V, S, k = 50, 16, 5
+    x = induction.repeated_random_tokens(torch.arange(1, V), 8, S, bos_id=0)
+    rows = torch.cat([x[:, :1], torch.randint(1, V, (8, k)), x[:, 1:]], dim=1)
+
+    class LagCopier(_Copier):  # predicts the token S back: perfect on the repeat, wherever it starts
+        def forward(self, tokens, return_type="logits"):
+            logits = torch.zeros(*tokens.shape, self.V)
+            for i in range(S, tokens.shape[1]):
+                logits[torch.arange(len(tokens)), i, tokens[:, i - S + 1]] = 30.0
+            return logits
+
+    moved = induction.induction_check(LagCopier(V), rows, prefix=k)
+    assert moved.passed and moved.repeat_loss < 1e-6 < moved.first_copy_loss
+    assert induction.induction_check(LagCopier(V), x).ratio == pytest.approx(moved.ratio, abs=1e-6)
+    for bad in (-1, True, "5"):
+        with pytest.raises(UniversalityError, match="prefix"):
+            induction.induction_check(LagCopier(V), rows, prefix=bad)
+    with pytest.raises(UniversalityError, match="after 4 prefix tokens"):  # the copies do not fit what is left
+        induction.induction_check(LagCopier(V), rows, prefix=4)
+
+
 def test_head_scores_find_a_hand_built_induction_pattern():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 

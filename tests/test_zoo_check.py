@@ -124,17 +124,25 @@ def test_prob_B_by_prefix_tells_induction_from_copying_the_row_start():
 
 def test_prob_B_by_start_splits_chapter_5s_prompts_by_where_A_sits():
     from universality_lib.circuits import make_prompts, prob_B_by_start, task_config, task_vocab
+    from universality_lib.circuits.task import prob_B
+    from universality_lib.errors import UniversalityError
 
     tok = corpus.load_tokenizer("smoke")
     for bos in (True, False):
         prompts = make_prompts(task_vocab("smoke", tok), task_config("smoke", n_prompts=64, seed=3, prepend_bos=bos),
                                bos_id=tok.bos_token_id if bos else None)
-        ind, start = prob_B_by_start(_Inductor(tok), prompts), prob_B_by_start(_Inductor(tok, start_only=True), prompts)
+        ind = prob_B_by_start(prob_B(_Inductor(tok), prompts), prompts)
+        start = prob_B_by_start(prob_B(_Inductor(tok, start_only=True), prompts).numpy(), prompts)  # a sweep's array
         opens = int((prompts.pos_a == int(bos)).sum())
         assert ind["n_first"] == start["n_first"] == opens and ind["n_first"] + ind["n_later"] == 64
         assert ind["A_later"] > 0.99 and (ind["A_first"] is None or ind["A_first"] > 0.99)
         if bos:  # the planted shortcut copies from position 1, which opens the body only after a BOS
             assert opens > 0 and start["A_first"] > 0.99 and start["A_later"] < 0.01
+    # the first n prompts only, as a sweep that stopped early measured them
+    half = prob_B_by_start(prob_B(_Inductor(tok), prompts)[:32], prompts)
+    assert half["n_first"] + half["n_later"] == 32 and half["n_first"] == int((prompts.pos_a[:32] == 0).sum())
+    with pytest.raises(UniversalityError, match="first n of the 64"):
+        prob_B_by_start(torch.ones(65), prompts)
 
 
 def test_the_training_probe_logs_clean_p_B_on_chapter_5s_prompts():
@@ -200,6 +208,9 @@ def test_natural_ratio_by_prefix_tells_induction_from_copying_the_row_start():
     # k = 0 is the criterion's row shape: BOS, the snippet, the snippet again
     assert zoo_check.natural_ratio_by_prefix({"copy": _Planted(tok, 8, n_ctx=64)}, "smoke", seq_len=8,
                                              n_snippets=6).index[-1] == 32  # 1 + 48 + 16 > 64 cuts 48
+    # one table per kind of text: smoke has only the standard library's code
+    tables = zoo_check.natural_ratio_tables({"copy": _Planted(tok, 15, n_ctx=64)}, "smoke", n_snippets=6)
+    assert list(tables) == ["code"] and (tables["code"]["copy"] < 0.01).all()  # seq_len 15 at n_ctx 64
     fig = ratio_by_prefix({"code": table})  # chapter 1's figure: a line per model, the criterion dotted
     assert [len(ax.lines) for ax in fig.axes] == [len(models) + 1] and fig.axes[0].get_title() == "code"
     with pytest.raises(UniversalityError, match="n_ctx"):

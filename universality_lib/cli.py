@@ -139,8 +139,7 @@ def _check(preset, json_path: str | None, folder: str | None = None) -> int:
         models = {name: zoo.load(preset, name) for name in zoo.names(preset)}
     rows = zoo_check.criteria(preset, models)
     prefix = zoo_check.prob_B_by_prefix(models, preset)
-    kinds = ("text", "code") if preset.corpus.text_sources else (None,)
-    moved = {kind or "code": zoo_check.natural_ratio_by_prefix(models, preset, kind=kind) for kind in kinds}
+    moved = zoo_check.natural_ratio_tables(models, preset)
     print(zoo_check.table(rows).to_string(index=False))
     print(f"\nclean p(B) by {prefix.index.name} (a diagnostic, not a criterion):")
     print(prefix.round(3).to_string())

@@ -138,22 +138,24 @@ def natural_ratio_by_prefix(models: dict, preset: "str | Preset", kind: str | No
     stream = corpus.token_stream(p, _split(p), tokenizer=tokenizer, kind=kind if p.corpus.text_sources else None)
     tokens = torch.from_numpy(stream.tokens.astype("int64"))
     K = max(prefixes)
-    windows = heldout_snippets(tokens, n_snippets, K + seq_len, stream.bos_id, seed=seed)[:, 1:K + seq_len + 1]
-    snippet = windows[:, K:]  # [n, S]: the last S tokens of each window, after its K tokens of context
-    bos = windows[:, :1].clone().fill_(stream.bos_id)
-    cols = {}
-    for name, model in models.items():
-        col = {}
-        for k in prefixes:
-            rows = torch.cat([bos, windows[:, K - k:K], snippet, snippet], dim=1)  # BOS, k tokens before it, s, s
-            loss = per_position_loss(model, rows)  # [n, k + 2S]; column j predicts token j + 1
-            first = loss[:, k + 1:k + seq_len].mean()  # each copy's first token skipped, as induction_check does
-            repeat = loss[:, k + seq_len + 1:k + 2 * seq_len].mean()
-            col[k] = float(repeat / first)
-        cols[name] = col
-    out = pd.DataFrame(cols)
+    bos, window = heldout_snippets(tokens, n_snippets, K + seq_len, stream.bos_id, seed=seed)[:, :K + seq_len + 1].split(
+        [1, K + seq_len], dim=1)  # [n, 1] BOS, [n, K + S]: K tokens of a document, then the snippet
+    snippet = window[:, K:]
+    rows = {k: torch.cat([bos, window[:, K - k:K], snippet, snippet], dim=1) for k in prefixes}  # BOS, k tokens, s, s
+    out = pd.DataFrame({name: {k: induction_check(model, r, prefix=k).ratio for k, r in rows.items()}
+                        for name, model in models.items()})
     out.index.name = "tokens before the first copy"
     return out
+
+
+def natural_ratio_tables(models: dict, preset: "str | Preset", n_snippets: int = 100) -> dict:
+    """:func:`natural_ratio_by_prefix` for each kind of held-out text the preset has: ``{"text": ..., "code": ...}``
+    with English sources, else one table of the whole split, labelled by what the corpus is (``"code"`` for the
+    standard library, ``"text"`` for a hub corpus such as the Pile)."""
+    p = get_preset(preset)
+    kinds = {"text": "text", "code": "code"} if p.corpus.text_sources else {
+        "code" if p.corpus.source == "stdlib" else "text": None}
+    return {label: natural_ratio_by_prefix(models, p, kind=kind, n_snippets=n_snippets) for label, kind in kinds.items()}
 
 
 def criteria(preset: "str | Preset", models: dict, n_snippets: int = 100, seq_len: int = 64,

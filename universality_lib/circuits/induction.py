@@ -69,18 +69,23 @@ class InductionCheck:
         return asdict(self)
 
 
-def induction_check(model, tokens: torch.Tensor, threshold: float = 0.5) -> InductionCheck:
-    """Compare the loss on the first copy with the loss on the repeat (rows from the helpers above)."""
+def induction_check(model, tokens: torch.Tensor, threshold: float = 0.5, prefix: int = 0) -> InductionCheck:
+    """Compare the loss on the first copy with the loss on the repeat (rows from the helpers above). ``prefix``: the
+    rows are [BOS] p_1..p_prefix x_1..x_S x_1..x_S, the first copy after ``prefix`` other tokens
+    (``zoo_check.natural_ratio_by_prefix``)."""
     tokens = check_rows(model, tokens, "tokens")
-    S = (tokens.shape[1] - 1) // 2
-    if tokens.shape[1] != 2 * S + 1 or S < 2:
-        raise UniversalityError(f"tokens must be rows [BOS] x_1..x_S x_1..x_S of length 2S + 1 with S >= 2, got "
+    if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
+        raise UniversalityError(f"prefix {prefix!r}: need a whole number >= 0 (tokens between BOS and the first copy)")
+    S = (tokens.shape[1] - 1 - prefix) // 2
+    if tokens.shape[1] != 2 * S + 1 + prefix or S < 2:
+        raise UniversalityError(f"tokens must be rows [BOS] x_1..x_S x_1..x_S of length 2S + 1 with S >= 2"
+                                + (f", after {prefix} prefix tokens" if prefix else "") + f", got "
                                 f"length {tokens.shape[1]}: make them with repeated_random_tokens(vocab, n, seq_len >= 2, "
                                 f"bos_id).")
-    loss = per_position_loss(model, tokens)  # [n, 2S]; column j predicts token j+1
+    loss = per_position_loss(model, tokens)  # [n, prefix + 2S]; column j predicts token j+1
     # skip the first token of each copy: the first is unpredictable, the repeat's first is ambiguous
-    first = loss[:, 1:S].mean().item()
-    repeat = loss[:, S + 1:2 * S].mean().item()
+    first = loss[:, prefix + 1:prefix + S].mean().item()
+    repeat = loss[:, prefix + S + 1:prefix + 2 * S].mean().item()
     ratio = repeat / first
     return InductionCheck(first, repeat, ratio, ratio <= threshold, loss.mean(0).tolist())
 

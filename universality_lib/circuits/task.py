@@ -271,13 +271,17 @@ def prob_B(model, prompts: InductionPrompts) -> torch.Tensor:
                           for b in prompts.batches()])
 
 
-def prob_B_by_start(model, prompts: InductionPrompts) -> dict:
-    """Mean p(B) of ``prompts`` split by where the first A sits: ``"A_first"`` over the prompts whose first A opens
-    the random body (right after BOS, or at position 0 without one), ``"A_later"`` over the rest, with their counts
-    ``"n_first"`` / ``"n_later"`` (None for an empty group). Induction predicts B in both groups; a model that copies
-    only from its row's start (``zoo_check.prob_B_by_prefix``) in the first only."""
-    p = prob_B(model, prompts)  # [n]
-    first = prompts.pos_a == int(prompts.bos_id is not None and prompts.config.prepend_bos)  # [n] bool
+def prob_B_by_start(p_b, prompts: InductionPrompts) -> dict:
+    """Mean p(B) split by where the first A sits: ``"A_first"`` over the prompts whose first A opens the random body
+    (right after BOS, or at position 0 without one), ``"A_later"`` over the rest, with their counts ``"n_first"`` /
+    ``"n_later"`` (None for an empty group). ``p_b``: p(B) of the first ``len(p_b)`` of ``prompts`` (:func:`prob_B`,
+    or a sweep's clean values, ``Effects.clean["prob_B"]``, which may stop early). Induction predicts B in both groups; a
+    model that copies only from its row's start (``zoo_check.prob_B_by_prefix``) in the first only."""
+    p = torch.as_tensor(np.asarray(p_b, dtype=np.float64))  # [n]
+    if p.ndim != 1 or not 0 < len(p) <= len(prompts):
+        raise UniversalityError(f"prob_B_by_start: p_b must hold one p(B) for each of the first n of the "
+                                f"{len(prompts)} prompts, got shape {tuple(p.shape)}")
+    first = prompts.pos_a[:len(p)] == int(prompts.bos_id is not None and prompts.config.prepend_bos)  # [n] bool
     mean = lambda m: float(p[m].mean()) if bool(m.any()) else None  # noqa: E731
     return {"A_first": mean(first), "A_later": mean(~first), "n_first": int(first.sum()), "n_later": int((~first).sum())}
 
