@@ -195,7 +195,8 @@ def to_html(rows: list[dict], columns: Sequence[str] = tuple(COLUMNS)) -> str:
             slug = r["status"].replace(" ", "-")
             return f'<td class="status-{slug}">' + (f"<{tag}>{text}</{tag}>" if tag else text) + "</td>"
         text = f"{r['paper']} ({r['source']})" if c == "paper" else (r[c] or "-")
-        return f"<td>{html.escape(str(text))}</td>"
+        attr = ' class="this-run"' if c == "this_run" else ""  # long values with no spaces (the book's stylesheet)
+        return f"<td{attr}>{html.escape(str(text))}</td>"
 
     head = "".join(f'<th scope="col">{html.escape(COLUMNS[c])}</th>' for c in columns)
     body = "".join("<tr>" + "".join(cell(r, c) for c in columns) + "</tr>\n" for r in rows)
